@@ -1,0 +1,98 @@
+"""Configuration dataclasses for the AID model; frozen so a loaded model cannot drift from its card."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """Where the AID adapters go and how wide they are.
+
+    ratio: bottleneck width = channels // ratio.
+    placement: which UNet block groups get adapters ("down", "mid", "up").
+    """
+
+    ratio: int = 8
+    placement: tuple[str, ...] = ("down", "mid", "up")
+    spatial: bool = True
+    short_term: bool = True
+    long_term: bool = True
+    kernel_size: tuple[int, int, int] = (3, 3, 3)
+    long_term_heads: int = 4
+
+    def __post_init__(self) -> None:
+        if self.ratio < 1:
+            raise ValueError(f"adapter ratio must be >= 1, got {self.ratio}")
+        unknown = set(self.placement) - {"down", "mid", "up"}
+        if unknown:
+            raise ValueError(f"adapter placement must be among down/mid/up, got {sorted(unknown)}")
+
+
+@dataclass(frozen=True)
+class DQFormerConfig:
+    """Dual-query transformer; `width` must equal the UNet's cross-attention width."""
+
+    width: int = 1024
+    text_dim: int = 1024
+    vision_dim: int = 1280
+    layers: int = 1
+    heads: int = 16
+    tokens_per_frame: int = 77
+    ffn_mult: int = 2
+    use_me: bool = True
+    use_de: bool = True
+
+
+@dataclass(frozen=True)
+class AIDConfig:
+    """Everything that shapes an AID model besides the frozen SVD weights.
+
+    num_frames (N) and context_frames (K) fix the DE query count and the condition mask.
+    text_max_length pads instructions and each state description to a fixed token count so
+    every exported graph has static shapes.
+    """
+
+    height: int = 256
+    width: int = 256
+    num_frames: int = 16
+    context_frames: int = 1
+    num_states: int = 4
+    text_max_length: int = 77
+    fps: int = 7
+    motion_bucket_id: int = 127
+    noise_aug_strength: float = 0.02
+    steps: int = 25
+    guidance_frame: float = 1.5
+    guidance_text: float = 3.0
+    train_cross_attention: bool = False
+    adapters: AdapterConfig = field(default_factory=AdapterConfig)
+    dqformer: DQFormerConfig = field(default_factory=DQFormerConfig)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.context_frames < self.num_frames:
+            raise ValueError(
+                f"need 1 <= context_frames < num_frames, got K={self.context_frames}, N={self.num_frames}"
+            )
+        if self.height % 8 or self.width % 8:
+            raise ValueError(f"height and width must be multiples of 8, got {self.height}x{self.width}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "AIDConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown AID config keys: {sorted(unknown)}")
+        data = dict(data)
+        adapters = dict(data.pop("adapters", {}))
+        for key in ("placement", "kernel_size"):
+            if key in adapters:
+                adapters[key] = tuple(adapters[key])
+        return cls(
+            adapters=AdapterConfig(**adapters),
+            dqformer=DQFormerConfig(**data.pop("dqformer", {})),
+            **data,
+        )

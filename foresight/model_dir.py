@@ -1,0 +1,119 @@
+"""Where AID models come from: the model folder format and the built-in names.
+
+`load_model(spec)` takes
+- "tiny-random": a small SVD-architecture model with random weights, built from config (tests);
+- "tiny": the embedded model trained on the tabletop simulator, shipped in this package;
+- a folder path in the format below.
+
+Model folder format:
+    aid_config.json    {"format": 1, "aid": AIDConfig, "svd": "svd" | absolute path,
+                        "text_encoder": "bundled:all-MiniLM-L6-v2" | path}
+                       (relative paths are relative to the folder)
+    aid.safetensors    adapters.* and dqformer.* (and unet.*attn2* when cross-attention is trained)
+    model_card.json    optional: how it was made and how well it does
+    svd/               optional: a diffusers-format SVD folder (unet, vae, image_encoder, ...)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from foresight.config import AdapterConfig, AIDConfig, DQFormerConfig
+from foresight.loading import TinySVDConfig, build_tiny_svd, load_svd
+from foresight.models.aid import AIDModel
+from foresight.models.encoders import TextEncoder, bundled_text_encoder_path
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+BUNDLED_TEXT_ENCODER = "bundled:all-MiniLM-L6-v2"
+EMBEDDED_DIR = Path(__file__).parent / "weights" / "tiny"
+
+TINY_RANDOM_SVD = TinySVDConfig(vae_channels=(32, 64, 64))
+TINY_RANDOM_AID = AIDConfig(
+    height=64,
+    width=64,
+    num_frames=8,
+    context_frames=1,
+    num_states=2,
+    text_max_length=16,
+    steps=4,
+    adapters=AdapterConfig(ratio=4, long_term_heads=2),
+    dqformer=DQFormerConfig(width=32, text_dim=384, vision_dim=32, layers=1, heads=2, tokens_per_frame=4),
+)
+
+
+def resolve_text_encoder(ref: str, base: Path | None = None) -> Path:
+    if ref == BUNDLED_TEXT_ENCODER:
+        return bundled_text_encoder_path()
+    path = Path(ref)
+    return path if path.is_absolute() or base is None else base / path
+
+
+def build_tiny_random(seed: int = 0) -> AIDModel:
+    """The random tiny model: same code path as the real one, weights from a fixed seed."""
+    svd = build_tiny_svd(TINY_RANDOM_SVD, seed=seed)
+    text = TextEncoder(bundled_text_encoder_path(), TINY_RANDOM_AID.text_max_length)
+    torch.manual_seed(seed + 1)
+    return AIDModel(svd, text, TINY_RANDOM_AID)
+
+
+def load_model_dir(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[AIDModel, dict]:
+    """Load a model folder; returns the model and its card (empty when the folder has none)."""
+    path = Path(path)
+    config_file = path / "aid_config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{path} is not an AID model folder: no aid_config.json")
+    spec = json.loads(config_file.read_text())
+    if spec.get("format") != FORMAT_VERSION:
+        raise ValueError(f"{config_file}: format {spec.get('format')!r}, this version reads {FORMAT_VERSION}")
+    config = AIDConfig.from_dict(spec["aid"])
+    svd_path = Path(spec["svd"])
+    svd = load_svd(svd_path if svd_path.is_absolute() else path / svd_path, dtype=dtype)
+    text = TextEncoder(resolve_text_encoder(spec["text_encoder"], path), config.text_max_length)
+    model = AIDModel(svd, text, config)
+    weights = path / "aid.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{path} has no aid.safetensors (adapter and DQFormer weights)")
+    model.load_aid_weights(weights)
+    card_file = path / "model_card.json"
+    card = json.loads(card_file.read_text()) if card_file.is_file() else {}
+    return model, card
+
+
+def save_model_dir(
+    model: AIDModel,
+    path: str | Path,
+    svd: str | None = None,
+    text_encoder: str = BUNDLED_TEXT_ENCODER,
+    card: dict | None = None,
+) -> None:
+    """Write a model folder. With svd=None the frozen SVD parts are saved into `svd/` as well."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    if svd is None:
+        model.svd_components().save_pretrained(path / "svd")
+        svd = "svd"
+    spec = {"format": FORMAT_VERSION, "aid": model.config.to_dict(), "svd": svd, "text_encoder": text_encoder}
+    (path / "aid_config.json").write_text(json.dumps(spec, indent=2))
+    model.save_aid_weights(path / "aid.safetensors")
+    if card is not None:
+        (path / "model_card.json").write_text(json.dumps(card, indent=2))
+
+
+def load_model(spec: str, dtype: torch.dtype = torch.float32) -> tuple[AIDModel, dict]:
+    """'tiny-random', 'tiny' or a model folder -> (model, model card)."""
+    if spec == "tiny-random":
+        return build_tiny_random(), {"name": "tiny-random", "note": "random weights, for tests"}
+    if spec == "tiny":
+        if not (EMBEDDED_DIR / "aid_config.json").is_file():
+            raise FileNotFoundError(
+                f"the embedded model is not in this install ({EMBEDDED_DIR}); train it with "
+                "`foresight train` or use --model tiny-random"
+            )
+        return load_model_dir(EMBEDDED_DIR, dtype)
+    return load_model_dir(spec, dtype)

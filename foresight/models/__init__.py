@@ -1,0 +1,1 @@
+"""AID model parts: adapters, the adapted UNet, DQFormer and the encoders."""

@@ -1,0 +1,205 @@
+"""AIDModel: frozen SVD + adapters + DQFormer, and how conditions for one clip are built."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from foresight.config import AIDConfig
+from foresight.loading import SVDComponents
+from foresight.models.dqformer import DQFormer
+from foresight.models.encoders import TextEncoder, VisionEncoder
+from foresight.models.unet import AdaptedUNet
+
+
+@dataclass
+class Conditions:
+    """Everything the UNet needs besides the noisy latents, for B clips of F frames.
+
+    cond_latents (B, F, 4, h, w): VAE latents of the K context frames, zeros after them.
+    context (B*F, L, C): per-frame cross-attention tokens [image token ; ME ; DE_i].
+    added_time_ids (B, 3): SVD's [fps - 1, motion_bucket_id, noise_aug_strength].
+    """
+
+    cond_latents: torch.Tensor
+    context: torch.Tensor
+    added_time_ids: torch.Tensor
+
+
+
+class AIDModel(nn.Module):
+    """AID around a frozen SVD. Only `trainable_parameters()` ever receive gradients."""
+
+    def __init__(self, svd: SVDComponents, text_encoder: TextEncoder, config: AIDConfig) -> None:
+        super().__init__()
+        cross_dim = svd.unet.config.cross_attention_dim
+        if config.dqformer.width != cross_dim:
+            raise ValueError(f"DQFormer width {config.dqformer.width} must equal the UNet's cross-attention width {cross_dim}")
+        if config.dqformer.text_dim != text_encoder.width:
+            raise ValueError(f"DQFormer text_dim {config.dqformer.text_dim} != text encoder width {text_encoder.width}")
+        self.config = config
+        self.unet = AdaptedUNet(svd.unet, config.adapters)
+        self.vae = svd.vae
+        fe = svd.feature_extractor
+        self.vision = VisionEncoder(svd.image_encoder, fe.image_mean, fe.image_std)
+        self.text = text_encoder
+        self.dqformer = DQFormer(config.dqformer, config.num_frames)
+        self.sigma_min = float(svd.scheduler.config.sigma_min)
+        self.sigma_max = float(svd.scheduler.config.sigma_max)
+        self.feature_extractor = svd.feature_extractor
+        self.scheduler = svd.scheduler
+        self.unet.unet.requires_grad_(False)
+        self.vae.requires_grad_(False)
+        for p in self.trainable_parameters():
+            p.requires_grad_(True)
+
+    def svd_components(self) -> SVDComponents:
+        """The frozen SVD parts, e.g. to save them as a diffusers folder."""
+        return SVDComponents(self.unet.unet, self.vae, self.vision.encoder, self.feature_extractor, self.scheduler)
+
+    # ---- parameters -------------------------------------------------------------------------
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Adapters + DQFormer (+ the UNet's spatial cross-attention when configured)."""
+        params = list(self.dqformer.parameters())
+        if self.unet.adapters is not None:
+            params += list(self.unet.adapters.parameters())
+        if self.config.train_cross_attention:
+            params += [p for n, p in self.unet.unet.named_parameters() if ".attn2." in n]
+        return params
+
+    def aid_state_dict(self) -> dict[str, torch.Tensor]:
+        """The trained weights only: what an AID checkpoint holds on top of SVD."""
+        state = {f"dqformer.{k}": v for k, v in self.dqformer.state_dict().items()}
+        if self.unet.adapters is not None:
+            state |= {f"adapters.{k}": v for k, v in self.unet.adapters.state_dict().items()}
+        if self.config.train_cross_attention:
+            state |= {f"unet.{k}": v for k, v in self.unet.unet.state_dict().items() if ".attn2." in k}
+        return state
+
+    def save_aid_weights(self, path: str | Path) -> None:
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.aid_state_dict().items()}, str(path))
+
+    def load_aid_weights(self, path: str | Path) -> None:
+        """Load adapter/DQFormer weights; every expected tensor must be present with its shape."""
+        state = load_file(str(path))
+        expected = self.aid_state_dict()
+        missing, unexpected = expected.keys() - state.keys(), state.keys() - expected.keys()
+        if missing or unexpected:
+            raise ValueError(
+                f"{path} does not match this AID config: missing {sorted(missing)[:5]}, "
+                f"unexpected {sorted(unexpected)[:5]}"
+            )
+        for key, value in state.items():
+            if value.shape != expected[key].shape:
+                raise ValueError(f"{path}: {key} has shape {tuple(value.shape)}, expected {tuple(expected[key].shape)}")
+        with torch.no_grad():
+            for key, value in state.items():
+                expected[key].copy_(value)
+
+    # ---- conditions -------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.vae.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.vae.dtype
+
+    @torch.no_grad()
+    def encode_latents(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames (B, F, 3, H, W) in [-1, 1] -> scaled latents (B, F, 4, h, w), the diffusion space."""
+        z = self.vae.encode(frames.flatten(0, 1).to(self.dtype)).latent_dist.mode()
+        return (z * self.vae.config.scaling_factor).unflatten(0, frames.shape[:2])
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents (B, F, 4, h, w) -> frames (B, F, 3, H, W) in [-1, 1]."""
+        b, f = latents.shape[:2]
+        z = latents.flatten(0, 1) / self.vae.config.scaling_factor
+        return self.vae.decode(z.to(self.dtype), num_frames=f).sample.unflatten(0, (b, f)).clamp(-1, 1)
+
+    def text_features(self, sentences: Sequence[str], states: Sequence[Sequence[str]]):
+        """t1 from instructions; t2 from each clip's state descriptions, concatenated along tokens."""
+        t1, m1 = self.text(list(sentences))
+        flat = [s for clip in states for s in clip]
+        t2, m2 = self.text(flat)
+        per_clip = len(states[0])
+        return t1, m1, t2.unflatten(0, (-1, per_clip)).flatten(1, 2), m2.unflatten(0, (-1, per_clip)).flatten(1, 2)
+
+    def conditions(
+        self,
+        context_frames: torch.Tensor,
+        instructions: Sequence[str],
+        states: Sequence[Sequence[str]],
+        num_frames: int | None = None,
+        noise: torch.Tensor | None = None,
+        drop_frames: torch.Tensor | None = None,
+        drop_text: torch.Tensor | None = None,
+    ) -> Conditions:
+        """Build the UNet's conditions for B clips.
+
+        context_frames (B, K, 3, H, W) in [-1, 1]; noise: SVD's noise augmentation of the context
+        frames, (B, K, 3, H, W) standard normal (zeros if None); drop_frames / drop_text (B,) bool
+        replace the frame condition (latents, image features) by zeros and the text by the
+        empty sentence: the "0" branches of the two guidance scales and of condition dropout.
+        """
+        cfg = self.config
+        frames = cfg.num_frames if num_frames is None else num_frames
+        b, k = context_frames.shape[:2]
+        dev, dtype = self.device, self.dtype
+        context_frames = context_frames.to(dev, dtype)
+        if noise is None:
+            noise = torch.zeros_like(context_frames)
+        noisy = context_frames + cfg.noise_aug_strength * noise.to(dev, dtype)
+        # 1. context latents in the condition channels of the first K frames, the rest masked
+        with torch.no_grad():
+            z = self.vae.encode(noisy.flatten(0, 1)).latent_dist.mode().unflatten(0, (b, k))
+        cond = torch.zeros(b, frames, *z.shape[2:], device=dev, dtype=dtype)
+        cond[:, :k] = z
+        # 2. image features of the first context frame
+        v, image_token = self.vision(context_frames[:, 0])
+        # 3. text features; dropped text becomes the empty sentence
+        if drop_text is not None:
+            instructions = ["" if d else s for s, d in zip(instructions, drop_text.tolist())]
+            states = [[""] * len(s) if d else list(s) for s, d in zip(states, drop_text.tolist())]
+        t1, m1, t2, m2 = self.text_features(instructions, states)
+        if drop_frames is not None:
+            keep = (~drop_frames).to(dev, dtype)
+            cond = cond * keep.view(-1, 1, 1, 1, 1)
+            v = v * keep.view(-1, 1, 1)
+            image_token = image_token * keep.view(-1, 1, 1)
+        # 4. MCondition per frame, after SVD's own image token
+        m = self.dqformer(t1.to(dtype), m1, t2.to(dtype), m2, v.to(dtype), num_frames=frames)
+        image_token = image_token.to(dtype).repeat_interleave(frames, dim=0)
+        context = torch.cat([image_token, m], dim=1)
+        time_ids = torch.tensor(
+            [cfg.fps - 1, cfg.motion_bucket_id, cfg.noise_aug_strength], device=dev, dtype=dtype
+        ).expand(b, 3)
+        return Conditions(cond, context, time_ids)
+
+    def guidance_conditions(
+        self,
+        context_frames: torch.Tensor,
+        instructions: Sequence[str],
+        states: Sequence[Sequence[str]],
+        num_frames: int | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> Conditions:
+        """Conditions for the three guidance branches of B clips, stacked as
+        [unconditional ; frames only ; frames + text] (3B clips), built in one batched pass."""
+        b = context_frames.shape[0]
+        flags = torch.arange(3 * b) // b  # 0, 1, 2 = branch index
+        return self.conditions(
+            context_frames.repeat(3, 1, 1, 1, 1),
+            list(instructions) * 3,
+            list(states) * 3,
+            num_frames,
+            None if noise is None else noise.repeat(3, 1, 1, 1, 1),
+            drop_frames=flags == 0,
+            drop_text=flags < 2,
+        )

@@ -1,0 +1,145 @@
+"""The Python API: load a model, predict future frames from context frames and instructions.
+
+    from foresight.pipeline import load_pipeline
+    pipe = load_pipeline("tiny")
+    video = pipe.predict(frames, ["push the red block to the left"])  # uint8 (1, N-K, H, W, 3)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from foresight.diffusion.edm import Denoiser, karras_sigmas
+from foresight.diffusion.sampling import TwoScaleGuidance, sample_euler
+from foresight.imaging import fit_frames
+from foresight.model_dir import load_model
+from foresight.models.aid import AIDModel
+from foresight.states import StateDecomposer, TemplateDecomposer
+
+logger = logging.getLogger(__name__)
+
+
+def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """uint8 (..., H, W, 3) -> float (..., 3, H, W) in [-1, 1]."""
+    return torch.from_numpy(np.array(frames)).movedim(-1, -3).float() / 127.5 - 1
+
+
+def tensor_to_frames(x: torch.Tensor) -> np.ndarray:
+    """float (..., 3, H, W) in [-1, 1] -> uint8 (..., H, W, 3)."""
+    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).movedim(-3, -1).cpu().numpy()
+
+
+class ForesightPipeline:
+    """Context frames + instructions -> predicted frames, with a seeded EDM sampler."""
+
+    def __init__(self, model: AIDModel, card: dict | None = None, decomposer: StateDecomposer | None = None) -> None:
+        self.model = model.eval()
+        self.card = card or {}
+        cfg = model.config
+        self.decomposer = decomposer or TemplateDecomposer(cfg.num_states)
+        self.height, self.width = cfg.height, cfg.width
+        self.num_frames, self.context_frames = cfg.num_frames, cfg.context_frames
+        self.defaults = {"steps": cfg.steps, "guidance_frame": cfg.guidance_frame, "guidance_text": cfg.guidance_text}
+        self.denoiser = Denoiser(model.unet)
+
+    def info(self) -> dict:
+        cfg = self.model.config
+        return {
+            "card": self.card,
+            "height": self.height,
+            "width": self.width,
+            "num_frames": self.num_frames,
+            "context_frames": self.context_frames,
+            "defaults": self.defaults,
+            "dtype": str(self.model.dtype).removeprefix("torch."),
+            "device": str(self.model.device),
+            "num_states": cfg.num_states,
+            "versions": {"torch": torch.__version__},
+        }
+
+    def _check(self, frames: np.ndarray, instructions: Sequence[str], num_frames: int) -> np.ndarray:
+        if isinstance(instructions, str):
+            raise TypeError("instructions must be a list of strings, not one string")
+        if not instructions or not all(isinstance(s, str) and s.strip() for s in instructions):
+            raise ValueError(f"instructions must be non-empty strings, got {list(instructions)!r}")
+        frames = np.asarray(frames)
+        if frames.dtype != np.uint8 or frames.ndim not in (4, 5) or frames.shape[-1] != 3:
+            raise ValueError(f"frames must be uint8 (K, H, W, 3) or (M, K, H, W, 3), got {frames.dtype} {frames.shape}")
+        if frames.ndim == 4:
+            frames = np.broadcast_to(frames, (len(instructions),) + frames.shape)
+        if frames.shape[0] != len(instructions):
+            raise ValueError(f"{frames.shape[0]} clips of frames for {len(instructions)} instructions")
+        if frames.shape[1] != self.context_frames:
+            raise ValueError(f"this model takes K={self.context_frames} context frames, got {frames.shape[1]}")
+        if not self.context_frames < num_frames <= self.num_frames:
+            raise ValueError(f"num_frames must be in ({self.context_frames}, {self.num_frames}], got {num_frames}")
+        return fit_frames(frames, self.height, self.width)
+
+    @torch.no_grad()
+    def predict(
+        self,
+        frames: np.ndarray,
+        instructions: Sequence[str],
+        *,
+        num_frames: int | None = None,
+        steps: int | None = None,
+        guidance_frame: float | None = None,
+        guidance_text: float | None = None,
+        seed: int | Sequence[int] = 0,
+        progress: bool = False,
+    ) -> np.ndarray:
+        """Predict the frames after the K context frames for every instruction.
+
+        frames: uint8 (K, H, W, 3) shared by all instructions, or (M, K, H, W, 3) one clip per
+        instruction; any size (scaled to cover the model resolution, then centre-cropped).
+        seed: one int (sample m uses seed + m) or one per instruction. Noise is drawn per sample,
+        so a sample does not depend on the rest of the batch beyond float rounding.
+        Returns uint8 (M, num_frames - K, height, width, 3).
+        """
+        start = time.perf_counter()
+        num_frames = num_frames or self.num_frames
+        steps = steps or self.defaults["steps"]
+        s_v = self.defaults["guidance_frame"] if guidance_frame is None else guidance_frame
+        s_t = self.defaults["guidance_text"] if guidance_text is None else guidance_text
+        frames = self._check(frames, instructions, num_frames)
+        m, k = len(instructions), self.context_frames
+        seeds = [seed + i for i in range(m)] if isinstance(seed, int) else list(seed)
+        if len(seeds) != m:
+            raise ValueError(f"{len(seeds)} seeds for {m} instructions")
+        model = self.model
+        # 1. per-sample noise: initial latents and the context frames' noise augmentation
+        h, w = self.height // self.vae_factor, self.width // self.vae_factor
+        latent_noise, aug_noise = [], []
+        for s in seeds:
+            g = torch.Generator().manual_seed(int(s))
+            latent_noise.append(torch.randn(num_frames, 4, h, w, generator=g))
+            aug_noise.append(torch.randn(k, 3, self.height, self.width, generator=g))
+        # 2. conditions for the three guidance branches, in one batched pass
+        states = [self.decomposer(s, frames[i, 0]) for i, s in enumerate(instructions)]
+        cond = model.guidance_conditions(
+            frames_to_tensor(frames), instructions, states, num_frames, torch.stack(aug_noise)
+        )
+        guided = TwoScaleGuidance(self.denoiser, cond, s_v, s_t)
+        # 3. sample from sigma_max down to 0
+        sigmas = karras_sigmas(steps, model.sigma_min, model.sigma_max).to(model.device)
+        x = torch.stack(latent_noise).to(model.device, model.dtype) * sigmas[0].to(model.dtype)
+        latents = sample_euler(guided, x, sigmas, disable=not progress)
+        # 4. decode the predicted frames
+        video = tensor_to_frames(model.decode_latents(latents)[:, k:])
+        logger.info("predicted %d x %d frames in %.2fs (%d steps)", m, num_frames - k, time.perf_counter() - start, steps)
+        return video
+
+    @property
+    def vae_factor(self) -> int:
+        return 2 ** (len(self.model.vae.config.block_out_channels) - 1)
+
+
+def load_pipeline(spec: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> ForesightPipeline:
+    """'tiny', 'tiny-random' or a model folder -> a ready pipeline on `device`."""
+    model, card = load_model(spec, dtype=dtype)
+    return ForesightPipeline(model.to(device), card)

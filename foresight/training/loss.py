@@ -1,0 +1,58 @@
+"""One AID training step: EDM denoising loss on adapters + DQFormer, with condition dropout."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from foresight.diffusion.edm import Denoiser, edm_loss, sample_training_sigmas
+from foresight.models.aid import AIDModel
+
+
+@dataclass(frozen=True)
+class DropoutConfig:
+    """InstructPix2Pix-style dropout so both guidance branches are learned:
+    text alone, frames alone, or both dropped, each with its own probability."""
+
+    text: float = 0.05
+    frames: float = 0.05
+    both: float = 0.05
+
+    def sample(self, batch: int, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        u = torch.rand(batch, generator=generator)
+        drop_text = u < self.text
+        drop_frames = (u >= self.text) & (u < self.text + self.frames)
+        both = (u >= self.text + self.frames) & (u < self.text + self.frames + self.both)
+        return drop_frames | both, drop_text | both
+
+
+def aid_loss(
+    model: AIDModel,
+    video: torch.Tensor,
+    instructions: Sequence[str],
+    states: Sequence[Sequence[str]],
+    dropout: DropoutConfig = DropoutConfig(),
+    generator: torch.Generator | None = None,
+    p_mean: float = 0.7,
+    p_std: float = 1.6,
+) -> torch.Tensor:
+    """Loss for a batch of clips; video (B, N, 3, H, W) in [-1, 1], the first K frames are context.
+
+    Gradients reach only `model.trainable_parameters()`: the UNet, VAE and encoders are frozen.
+    """
+    b, k = video.shape[0], model.config.context_frames
+    video = video.to(model.device, model.dtype)
+    x0 = model.encode_latents(video)
+    drop_frames, drop_text = dropout.sample(b, generator)
+    aug = torch.randn(video[:, :k].shape, generator=generator).to(video)
+    cond = model.conditions(video[:, :k], instructions, states, video.shape[1], aug, drop_frames, drop_text)
+    sigma = sample_training_sigmas(b, generator, p_mean, p_std).to(model.device)
+    noise = torch.randn(x0.shape, generator=generator).to(x0)
+    return edm_loss(Denoiser(model.unet), x0, cond, sigma, noise, target_frames=slice(k, None))
+
+
+def make_optimizer(model: AIDModel, lr: float = 1e-4, weight_decay: float = 0.01) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters only."""
+    return torch.optim.AdamW(model.trainable_parameters(), lr=lr, weight_decay=weight_decay)

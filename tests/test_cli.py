@@ -1,0 +1,32 @@
+"""The `foresight` command."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+
+from foresight.cli import main
+from foresight.imaging import read_image, write_png
+
+
+def test_predict_writes_gif_and_contact_sheet(tmp_path, capsys):
+    frame = np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    write_png(tmp_path / "ctx.png", frame)
+    main(["predict", "--model", "tiny-random", "--frames", str(tmp_path / "ctx.png"),
+          "--instruction", "push the red block left", "--instruction", "pick up the cup",
+          "--steps", "2", "--out", str(tmp_path / "out" / "pred.gif")])
+    assert "predicted 2 x 7 frames at 64x64" in capsys.readouterr().out
+    import imageio.v3 as iio
+
+    gif = iio.imread(tmp_path / "out" / "pred.gif", index=None)
+    assert gif.shape[0] == 8  # context + 7 predicted frames
+    sheet = read_image(tmp_path / "out" / "pred.png")
+    assert sheet.shape == (2 * 64 + 2, 8 * 64 + 7 * 2, 3)
+
+
+def test_params_prints_the_budget():
+    out = subprocess.run([sys.executable, "-m", "foresight.cli", "params", "--json"], capture_output=True, text=True,
+                         check=True).stdout
+    counts = json.loads(out)
+    assert counts["trainable_share"] <= 0.03 and counts["unet"] > 1e9

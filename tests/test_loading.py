@@ -1,0 +1,83 @@
+"""SVD folders, the AID model folder and AID weight files."""
+
+import shutil
+
+import pytest
+import torch
+
+from foresight.loading import check_svd_folder, load_svd
+from foresight.model_dir import load_model, load_model_dir, save_model_dir
+
+
+def test_svd_folder_round_trip(tiny_svd, tmp_path):
+    tiny_svd.save_pretrained(tmp_path / "svd")
+    loaded = load_svd(tmp_path / "svd")
+    for part in ("unet", "vae", "image_encoder"):
+        a, b = getattr(tiny_svd, part).state_dict(), getattr(loaded, part).state_dict()
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert loaded.scheduler.config.prediction_type == "v_prediction"
+    assert loaded.feature_extractor.image_mean == tiny_svd.feature_extractor.image_mean
+
+
+@pytest.mark.parametrize(
+    "remove, named",
+    [("vae", "vae/config.json"), ("unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model"),
+     ("scheduler", "scheduler/scheduler_config.json"), ("image_encoder/model.safetensors", "image_encoder/model")],
+)
+def test_broken_svd_folder_names_the_missing_part(tiny_svd, tmp_path, remove, named):
+    tiny_svd.save_pretrained(tmp_path)
+    target = tmp_path / remove
+    shutil.rmtree(target) if target.is_dir() else target.unlink()
+    with pytest.raises(FileNotFoundError, match=named):
+        load_svd(tmp_path)
+
+
+def test_fp16_variant_is_found(tiny_svd, tmp_path):
+    tiny_svd.save_pretrained(tmp_path)
+    w = tmp_path / "unet" / "diffusion_pytorch_model.safetensors"
+    w.rename(w.with_name("diffusion_pytorch_model.fp16.safetensors"))
+    assert check_svd_folder(tmp_path)["unet"] == "fp16"
+
+
+def test_missing_folder():
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_svd("/nonexistent/svd")
+
+
+def test_aid_weights_round_trip_bit_identical(tiny_model, tmp_path):
+    model, _ = load_model("tiny-random")
+    with torch.no_grad():
+        for p in model.trainable_parameters():
+            p.normal_()
+    model.save_aid_weights(tmp_path / "aid.safetensors")
+    fresh, _ = load_model("tiny-random")
+    fresh.load_aid_weights(tmp_path / "aid.safetensors")
+    a, b = model.aid_state_dict(), fresh.aid_state_dict()
+    assert a.keys() == b.keys() and any(k.startswith("adapters.") for k in a) and any(k.startswith("dqformer.") for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_aid_weights_from_another_config_are_refused(tiny_model, tmp_path):
+    from safetensors.torch import save_file
+
+    state = {k: v.contiguous() for k, v in tiny_model.aid_state_dict().items()}
+    state.pop(next(iter(state)))
+    save_file(state, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(ValueError, match="missing"):
+        tiny_model.load_aid_weights(tmp_path / "bad.safetensors")
+
+
+def test_model_folder_round_trip(tmp_path):
+    model, _ = load_model("tiny-random")
+    save_model_dir(model, tmp_path / "m", card={"name": "test"})
+    loaded, card = load_model_dir(tmp_path / "m")
+    assert card == {"name": "test"}
+    assert loaded.config == model.config
+    sd_a, sd_b = model.state_dict(), loaded.state_dict()
+    assert all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)
+
+
+def test_model_folder_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="aid_config.json"):
+        load_model_dir(tmp_path)

@@ -1,0 +1,98 @@
+"""EDM preconditioning, the Euler sampler, two-scale guidance and the pipeline's determinism."""
+
+import numpy as np
+import pytest
+import torch
+
+from foresight.diffusion.edm import Denoiser, karras_sigmas
+from foresight.diffusion.sampling import TwoScaleGuidance, sample_euler
+from foresight.pipeline import ForesightPipeline, frames_to_tensor
+
+
+def test_karras_sigmas():
+    s = karras_sigmas(25, 0.002, 700.0)
+    assert s.dtype == torch.float64 and len(s) == 26
+    assert s[0].item() == pytest.approx(700.0) and s[-2].item() == pytest.approx(0.002) and s[-1] == 0
+    assert torch.all(s[1:] < s[:-1])
+
+
+def test_euler_on_a_gaussian_is_exact_in_the_limit():
+    # data ~ N(0, 1): the ideal denoiser is x / (1 + sigma^2); the ODE maps N(0, 1 + s0^2) to N(0, 1)
+    sigmas = karras_sigmas(200, 0.002, 80.0)
+    x = torch.randn(20000, dtype=torch.float64) * sigmas[0]
+    out = sample_euler(lambda x, s: x / (1 + s**2), x, sigmas)
+    assert out.std().item() == pytest.approx(1.0, abs=0.03)
+
+
+def _guided(model, scale_frame, scale_text, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    frames = torch.rand(2, 1, 3, 64, 64, generator=g) * 2 - 1
+    cond = model.guidance_conditions(frames, ["push the red block left", "pick up the cup"], [["a", "b"], ["c", "d"]])
+    guidance = TwoScaleGuidance(Denoiser(model.unet), cond, scale_frame, scale_text)
+    x = torch.randn(2, 8, 4, 16, 16, generator=g) * 5
+    return guidance, x
+
+
+def test_guidance_with_unit_scales_is_the_full_branch(tiny_model):
+    guidance, x = _guided(tiny_model, 1.0, 1.0)
+    sigma = torch.full((2,), 3.0)
+    with torch.no_grad():
+        guided = guidance(x, sigma)
+        parts = guidance.denoiser(torch.cat([x] * 3), torch.cat([sigma] * 3), guidance.cond).chunk(3)
+    full = parts[2]  # the frames + text branch
+    torch.testing.assert_close(guided, full, atol=1e-5, rtol=1e-5)
+    assert (parts[0] - parts[2]).abs().max() > 1e-4, "branches should differ, or the test proves nothing"
+
+
+def test_guidance_branches_are_built_as_documented(tiny_model):
+    guidance, _ = _guided(tiny_model, 2.0, 3.0)
+    cond_u, cond_v, cond_full = guidance.cond.cond_latents.chunk(3)
+    assert cond_u.abs().max() == 0  # unconditional: no frame latents
+    assert cond_v.abs().max() > 0 and torch.equal(cond_v, cond_full)
+    assert cond_v[:, 1:].abs().max() == 0  # frames after K are masked
+    ctx_u, ctx_v, ctx_full = guidance.cond.context.chunk(3)
+    assert (ctx_v - ctx_full).abs().max() > 1e-4  # text changes the context
+
+
+def test_pipeline_is_deterministic_for_a_seed(tiny_model):
+    pipe = ForesightPipeline(tiny_model)
+    frames = np.random.default_rng(0).integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)
+    a = pipe.predict(frames, ["push the red block left"], steps=3, seed=7)
+    b = pipe.predict(frames, ["push the red block left"], steps=3, seed=7)
+    c = pipe.predict(frames, ["push the red block left"], steps=3, seed=8)
+    assert a.shape == (1, 7, 64, 64, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_pipeline_batches_hypotheses_and_resizes(tiny_model):
+    pipe = ForesightPipeline(tiny_model)
+    frames = np.random.default_rng(1).integers(0, 256, (1, 48, 80, 3), dtype=np.uint8)
+    out = pipe.predict(frames, ["push the red block left", "pick up the cup", "open the drawer"], steps=2, num_frames=5)
+    assert out.shape == (3, 4, 64, 64, 3)
+    single = pipe.predict(frames, ["pick up the cup"], steps=2, num_frames=5, seed=1)
+    assert np.abs(single[0].astype(int) - out[1]).max() <= 2  # same seed, batch changes only rounding
+
+
+@pytest.mark.parametrize(
+    "frames, instructions, kwargs, match",
+    [
+        (np.zeros((1, 64, 64, 3), np.float32), ["a"], {}, "uint8"),
+        (np.zeros((2, 64, 64, 3), np.uint8), ["a"], {}, "K=1"),
+        (np.zeros((1, 64, 64, 3), np.uint8), [""], {}, "non-empty"),
+        (np.zeros((1, 64, 64, 3), np.uint8), ["a"], {"num_frames": 9}, "num_frames"),
+        (np.zeros((1, 64, 64, 3), np.uint8), ["a", "b"], {"seed": [1]}, "seeds"),
+    ],
+)
+def test_pipeline_rejects_bad_input(tiny_model, frames, instructions, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ForesightPipeline(tiny_model).predict(frames, instructions, steps=1, **kwargs)
+
+
+def test_frame_tensor_round_trip():
+    frames = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    x = frames_to_tensor(frames)
+    assert x.shape == (2, 3, 8, 8) and x.min() >= -1 and x.max() <= 1
+    from foresight.pipeline import tensor_to_frames
+
+    assert np.array_equal(tensor_to_frames(x), frames)
