@@ -66,8 +66,8 @@ class AIDConfig:
     guidance_frame: float = 1.5
     guidance_text: float = 3.0
     train_cross_attention: bool = False
-    adapters: AdapterConfig = field(default_factory=AdapterConfig)
-    dqformer: DQFormerConfig = field(default_factory=DQFormerConfig)
+    adapters: AdapterConfig | None = field(default_factory=AdapterConfig)
+    dqformer: DQFormerConfig | None = field(default_factory=DQFormerConfig)
 
     def __post_init__(self) -> None:
         if not 1 <= self.context_frames < self.num_frames:
@@ -87,12 +87,11 @@ class AIDConfig:
         if unknown:
             raise ValueError(f"unknown AID config keys: {sorted(unknown)}")
         data = dict(data)
-        adapters = dict(data.pop("adapters", {}))
-        for key in ("placement", "kernel_size"):
-            if key in adapters:
-                adapters[key] = tuple(adapters[key])
+        adapters, dqformer = data.pop("adapters", {}), data.pop("dqformer", {})
+        if adapters is not None:
+            adapters = AdapterConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in adapters.items()})
         return cls(
-            adapters=AdapterConfig(**adapters),
-            dqformer=DQFormerConfig(**data.pop("dqformer", {})),
+            adapters=adapters,
+            dqformer=None if dqformer is None else DQFormerConfig(**dqformer),
             **data,
         )

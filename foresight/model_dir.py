@@ -7,7 +7,7 @@
 
 Model folder format:
     aid_config.json    {"format": 1, "aid": AIDConfig, "svd": "svd" | absolute path,
-                        "text_encoder": "bundled:all-MiniLM-L6-v2" | path}
+                        "text_encoder": "bundled:all-MiniLM-L6-v2" | path | null}
                        (relative paths are relative to the folder)
     aid.safetensors    adapters.* and dqformer.* (and unet.*attn2* when cross-attention is trained)
     model_card.json    optional: how it was made and how well it does
@@ -74,7 +74,8 @@ def load_model_dir(path: str | Path, dtype: torch.dtype = torch.float32) -> tupl
     config = AIDConfig.from_dict(spec["aid"])
     svd_path = Path(spec["svd"])
     svd = load_svd(svd_path if svd_path.is_absolute() else path / svd_path, dtype=dtype)
-    text = TextEncoder(resolve_text_encoder(spec["text_encoder"], path), config.text_max_length)
+    text_ref = spec.get("text_encoder")
+    text = None if text_ref is None else TextEncoder(resolve_text_encoder(text_ref, path), config.text_max_length)
     model = AIDModel(svd, text, config)
     weights = path / "aid.safetensors"
     if not weights.is_file():
@@ -89,7 +90,7 @@ def save_model_dir(
     model: AIDModel,
     path: str | Path,
     svd: str | None = None,
-    text_encoder: str = BUNDLED_TEXT_ENCODER,
+    text_encoder: str | None = BUNDLED_TEXT_ENCODER,
     card: dict | None = None,
 ) -> None:
     """Write a model folder. With svd=None the frozen SVD parts are saved into `svd/` as well."""

@@ -400,9 +400,11 @@ def run_task(scene: Scene, task: Task, num_frames: int = 16, size: int = 128,
               "final_scene": final.to_dict()})
 
 
-def random_task(scene: Scene, rng: np.random.Generator) -> Task:
-    """A feasible task: kind uniformly among the feasible kinds, then uniformly within it."""
-    tasks = scene.candidate_tasks()
+def random_task(scene: Scene, rng: np.random.Generator, kinds: tuple[str, ...] = TASK_KINDS) -> Task:
+    """A feasible task: kind uniformly among the feasible `kinds`, then uniformly within it."""
+    tasks = [t for t in scene.candidate_tasks() if t.kind in kinds]
+    if not tasks:
+        raise ValueError(f"no feasible task of kinds {kinds} in this scene")
     kinds = sorted({t.kind for t in tasks}, key=TASK_KINDS.index)
     kind = kinds[int(rng.integers(len(kinds)))]
     of_kind = [t for t in tasks if t.kind == kind]
@@ -410,11 +412,11 @@ def random_task(scene: Scene, rng: np.random.Generator) -> Task:
 
 
 def make_episode(seed: int, size: int = 128, num_frames: int = 16,
-                 paraphrase: bool = False) -> Episode:
-    """One random scene, task and instruction from `seed`."""
+                 paraphrase: bool = False, kinds: tuple[str, ...] = TASK_KINDS) -> Episode:
+    """One random scene, task (of the given kinds) and instruction from `seed`."""
     rng = np.random.default_rng(seed)
     scene = Scene.random(rng)
-    task = random_task(scene, rng)
+    task = random_task(scene, rng, kinds)
     episode = run_task(scene, task, num_frames, size, instruction_for(task, rng, paraphrase))
     episode.meta["seed"] = seed
     episode.meta["paraphrase"] = paraphrase

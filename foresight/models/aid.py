@@ -35,20 +35,23 @@ class Conditions:
 class AIDModel(nn.Module):
     """AID around a frozen SVD. Only `trainable_parameters()` ever receive gradients."""
 
-    def __init__(self, svd: SVDComponents, text_encoder: TextEncoder, config: AIDConfig) -> None:
+    def __init__(self, svd: SVDComponents, text_encoder: TextEncoder | None, config: AIDConfig) -> None:
         super().__init__()
-        cross_dim = svd.unet.config.cross_attention_dim
-        if config.dqformer.width != cross_dim:
-            raise ValueError(f"DQFormer width {config.dqformer.width} must equal the UNet's cross-attention width {cross_dim}")
-        if config.dqformer.text_dim != text_encoder.width:
-            raise ValueError(f"DQFormer text_dim {config.dqformer.text_dim} != text encoder width {text_encoder.width}")
+        dq = config.dqformer
+        if dq is not None:
+            cross_dim = svd.unet.config.cross_attention_dim
+            if dq.width != cross_dim:
+                raise ValueError(f"DQFormer width {dq.width} must equal the UNet's cross-attention width {cross_dim}")
+            if text_encoder is None or dq.text_dim != text_encoder.width:
+                width = None if text_encoder is None else text_encoder.width
+                raise ValueError(f"DQFormer text_dim {dq.text_dim} != text encoder width {width}")
         self.config = config
         self.unet = AdaptedUNet(svd.unet, config.adapters)
         self.vae = svd.vae
         fe = svd.feature_extractor
         self.vision = VisionEncoder(svd.image_encoder, fe.image_mean, fe.image_std)
         self.text = text_encoder
-        self.dqformer = DQFormer(config.dqformer, config.num_frames)
+        self.dqformer = DQFormer(dq, config.num_frames) if dq is not None else None
         self.sigma_min = float(svd.scheduler.config.sigma_min)
         self.sigma_max = float(svd.scheduler.config.sigma_max)
         self.feature_extractor = svd.feature_extractor
@@ -65,7 +68,7 @@ class AIDModel(nn.Module):
     # ---- parameters -------------------------------------------------------------------------
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Adapters + DQFormer (+ the UNet's spatial cross-attention when configured)."""
-        params = list(self.dqformer.parameters())
+        params = [] if self.dqformer is None else list(self.dqformer.parameters())
         if self.unet.adapters is not None:
             params += list(self.unet.adapters.parameters())
         if self.config.train_cross_attention:
@@ -74,7 +77,7 @@ class AIDModel(nn.Module):
 
     def aid_state_dict(self) -> dict[str, torch.Tensor]:
         """The trained weights only: what an AID checkpoint holds on top of SVD."""
-        state = {f"dqformer.{k}": v for k, v in self.dqformer.state_dict().items()}
+        state = {} if self.dqformer is None else {f"dqformer.{k}": v for k, v in self.dqformer.state_dict().items()}
         if self.unet.adapters is not None:
             state |= {f"adapters.{k}": v for k, v in self.unet.adapters.state_dict().items()}
         if self.config.train_cross_attention:
@@ -163,24 +166,25 @@ class AIDModel(nn.Module):
         cond[:, :k] = z
         # 2. image features of the first context frame
         v, image_token = self.vision(context_frames[:, 0])
-        # 3. text features; dropped text becomes the empty sentence
-        if drop_text is not None:
-            instructions = ["" if d else s for s, d in zip(instructions, drop_text.tolist())]
-            states = [[""] * len(s) if d else list(s) for s, d in zip(states, drop_text.tolist())]
-        t1, m1, t2, m2 = self.text_features(instructions, states)
         if drop_frames is not None:
             keep = (~drop_frames).to(dev, dtype)
             cond = cond * keep.view(-1, 1, 1, 1, 1)
             v = v * keep.view(-1, 1, 1)
             image_token = image_token * keep.view(-1, 1, 1)
-        # 4. MCondition per frame, after SVD's own image token
-        m = self.dqformer(t1.to(dtype), m1, t2.to(dtype), m2, v.to(dtype), num_frames=frames)
         image_token = image_token.to(dtype).repeat_interleave(frames, dim=0)
-        context = torch.cat([image_token, m], dim=1)
         time_ids = torch.tensor(
             [cfg.fps - 1, cfg.motion_bucket_id, cfg.noise_aug_strength], device=dev, dtype=dtype
         ).expand(b, 3)
-        return Conditions(cond, context, time_ids)
+        if self.dqformer is None:  # the text-free base: SVD's own single-token context
+            return Conditions(cond, image_token, time_ids)
+        # 3. text features; dropped text becomes the empty sentence
+        if drop_text is not None:
+            instructions = ["" if d else s for s, d in zip(instructions, drop_text.tolist())]
+            states = [[""] * len(s) if d else list(s) for s, d in zip(states, drop_text.tolist())]
+        t1, m1, t2, m2 = self.text_features(instructions, states)
+        # 4. MCondition per frame, after SVD's own image token
+        m = self.dqformer(t1.to(dtype), m1, t2.to(dtype), m2, v.to(dtype), num_frames=frames)
+        return Conditions(cond, torch.cat([image_token, m], dim=1), time_ids)
 
     def guidance_conditions(
         self,

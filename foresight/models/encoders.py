@@ -76,7 +76,8 @@ class VisionEncoder(nn.Module):
     """SVD's CLIP image encoder: patch features v for DQFormer and the pooled image token.
 
     Preprocessing follows the SVD pipeline (antialiased resize to the encoder's size, CLIP
-    normalisation) but stays in torch so it runs on the GPU and traces.
+    normalisation) but stays in torch so it runs on the GPU and traces. Frozen in AID; the
+    embedded model's base stage trains it, so no `no_grad` here.
     """
 
     def __init__(self, image_encoder: nn.Module, image_mean: Sequence[float], image_std: Sequence[float]) -> None:
@@ -86,7 +87,6 @@ class VisionEncoder(nn.Module):
         self.register_buffer("mean", torch.tensor(image_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(image_std).view(1, 3, 1, 1), persistent=False)
 
-    @torch.no_grad()
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """images (B, 3, H, W) in [-1, 1] -> (patch features (B, Lv, Dv), image token (B, 1, D))."""
         x = F.interpolate(images, size=(self.size, self.size), mode="bicubic", align_corners=False, antialias=True)

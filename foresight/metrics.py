@@ -1,0 +1,95 @@
+"""Quality metrics for predicted clips: PSNR, SSIM, a Frechet distance on video features, and
+instruction following (where the instructed object ends up)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+# Instruction following: the target must be found by colour within this many pixels of its true
+# final position, per 64 pixels of frame side (6 px at 64x64 is a bit more than half an object).
+FOLLOW_TOLERANCE_PER_64PX = 6.0
+
+
+def psnr(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Peak signal-to-noise ratio of uint8 images/clips, in dB (capped at 100 for identical inputs)."""
+    mse = np.mean((pred.astype(np.float64) - truth.astype(np.float64)) ** 2)
+    return 100.0 if mse == 0 else float(10 * np.log10(255.0**2 / mse))
+
+
+def ssim(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Mean SSIM (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5) over frames and channels."""
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    a = pred.reshape((-1,) + pred.shape[-3:]).astype(np.float64)
+    b = truth.reshape((-1,) + truth.shape[-3:]).astype(np.float64)
+    scores = []
+    for x, y in zip(a, b):
+        blur = lambda z: cv2.GaussianBlur(z, (11, 11), 1.5, borderType=cv2.BORDER_REFLECT)
+        mx, my = blur(x), blur(y)
+        vx, vy, cxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
+        s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+        scores.append(s.mean())
+    return float(np.mean(scores))
+
+
+def video_stats_features(clips: np.ndarray) -> np.ndarray:
+    """Hand-made spatio-temporal features per clip, the stand-in for I3D when its weights are absent.
+
+    clips uint8 (B, T, H, W, 3) -> (B, D): per-frame mean colour, per-step motion energy,
+    a 4x4 grey thumbnail of the last frame and of |last - first|. Named "FD-stats" in reports,
+    never "FVD": it compares distributions of appearance and motion, not I3D's learned features.
+    """
+    x = clips.astype(np.float32) / 255.0
+    grey = x.mean(-1)
+    feats = [
+        x.mean((2, 3)).reshape(len(x), -1),
+        np.abs(np.diff(grey, axis=1)).mean((2, 3)),
+        np.stack([cv2.resize(g[-1], (4, 4), interpolation=cv2.INTER_AREA).ravel() for g in grey]),
+        np.stack([cv2.resize(np.abs(g[-1] - g[0]), (4, 4), interpolation=cv2.INTER_AREA).ravel() for g in grey]),
+    ]
+    return np.concatenate(feats, axis=1).astype(np.float64)
+
+
+def i3d_features(clips: np.ndarray, weights: str | Path) -> np.ndarray:
+    """Features from a local TorchScript I3D (the FVD network, e.g. `i3d_torchscript.pt`).
+
+    Follows the common FVD recipe: frames resized to 224x224, values in [-1, 1], input
+    (B, 3, T, 224, 224), 400-d logits-free features (`rescale=False, resize=False, return_features=True`).
+    """
+    import torch
+
+    model = torch.jit.load(str(weights)).eval()
+    x = torch.from_numpy(clips).float()
+    b, t = x.shape[:2]
+    x = x.flatten(0, 1).permute(0, 3, 1, 2)
+    x = torch.nn.functional.interpolate(x, size=(224, 224), mode="bilinear", align_corners=False)
+    x = (x / 127.5 - 1).unflatten(0, (b, t)).permute(0, 2, 1, 3, 4)
+    with torch.no_grad():
+        feats = model(x, rescale=False, resize=False, return_features=True)
+    return feats.double().numpy()
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^1/2) between Gaussian fits of two feature sets."""
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    # Tr((S_a S_b)^1/2) = Tr((S_a^1/2 S_b S_a^1/2)^1/2), a symmetric PSD matrix: use eigh
+    w, v = np.linalg.eigh(s_a)
+    root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    inner = np.linalg.eigvalsh(root_a @ s_b @ root_a)
+    cross = np.sqrt(np.clip(inner, 0, None)).sum()
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * cross)
+
+
+def follow_error(frame: np.ndarray, rgb: tuple[int, int, int], truth_xy: np.ndarray) -> float:
+    """Pixel distance from the object of colour `rgb` in `frame` to its true position; inf if not found."""
+    from sim_bridge.tabletop import locate_object
+
+    found = locate_object(frame, rgb)
+    return float("inf") if found is None else float(np.hypot(found[0] - truth_xy[0], found[1] - truth_xy[1]))
+
+
+def follow_tolerance(frame_side: int) -> float:
+    return FOLLOW_TOLERANCE_PER_64PX * frame_side / 64
