@@ -14,6 +14,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from engines import Backend, load_backend
+from engines.torch_backend import TorchBackend
 from foresight.diffusion.edm import Denoiser, karras_sigmas
 from foresight.diffusion.sampling import TwoScaleGuidance, sample_euler
 from foresight.imaging import fit_frames
@@ -35,9 +37,20 @@ def tensor_to_frames(x: torch.Tensor) -> np.ndarray:
 
 
 class ForesightPipeline:
-    """Context frames + instructions -> predicted frames, with a seeded EDM sampler."""
+    """Context frames + instructions -> predicted frames, with a seeded EDM sampler.
 
-    def __init__(self, model: AIDModel, card: dict | None = None, decomposer: StateDecomposer | None = None) -> None:
+    backend runs the UNet (engines.Backend; default PyTorch eager); backend_info says which one
+    and why (from engines.load_backend), and `info()` reports it.
+    """
+
+    def __init__(
+        self,
+        model: AIDModel,
+        card: dict | None = None,
+        decomposer: StateDecomposer | None = None,
+        backend: Backend | None = None,
+        backend_info: dict | None = None,
+    ) -> None:
         self.model = model.eval()
         self.card = card or {}
         cfg = model.config
@@ -45,7 +58,13 @@ class ForesightPipeline:
         self.height, self.width = cfg.height, cfg.width
         self.num_frames, self.context_frames = cfg.num_frames, cfg.context_frames
         self.defaults = {"steps": cfg.steps, "guidance_frame": cfg.guidance_frame, "guidance_text": cfg.guidance_text}
-        self.denoiser = Denoiser(model.unet)
+        self.backend = backend or TorchBackend(model)
+        self.backend_info = backend_info or {
+            "name": self.backend.name,
+            "reason": "given to ForesightPipeline" if backend else "default",
+            "details": self.backend.describe(),
+        }
+        self.denoiser = Denoiser(self.backend.unet)
 
     def info(self) -> dict:
         cfg = self.model.config
@@ -59,6 +78,7 @@ class ForesightPipeline:
             "dtype": str(self.model.dtype).removeprefix("torch."),
             "device": str(self.model.device),
             "num_states": cfg.num_states,
+            "backend": self.backend_info,
             "versions": {"torch": torch.__version__},
         }
 
@@ -122,7 +142,8 @@ class ForesightPipeline:
         # 2. conditions for the three guidance branches, in one batched pass
         states = [self.decomposer(s, frames[i, 0]) for i, s in enumerate(instructions)]
         cond = model.guidance_conditions(
-            frames_to_tensor(frames), instructions, states, num_frames, torch.stack(aug_noise)
+            frames_to_tensor(frames), instructions, states, num_frames, torch.stack(aug_noise),
+            dqformer=self.backend.dqformer,
         )
         guided = TwoScaleGuidance(self.denoiser, cond, s_v, s_t)
         # 3. sample from sigma_max down to 0
@@ -139,7 +160,20 @@ class ForesightPipeline:
         return 2 ** (len(self.model.vae.config.block_out_channels) - 1)
 
 
-def load_pipeline(spec: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> ForesightPipeline:
-    """'tiny', 'tiny-random' or a model folder -> a ready pipeline on `device`."""
+def load_pipeline(
+    spec: str,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    backend: str = "auto",
+    engines: str | None = None,
+) -> ForesightPipeline:
+    """'tiny', 'tiny-random' or a model folder -> a ready pipeline on `device`.
+
+    backend: "auto" | "tensorrt" | "onnxruntime" | "torch"; engines: an engine folder from
+    export/build_engines.py. Engines that do not match the model are refused and logged, and the
+    next backend is used (see engines.select); engines=None means PyTorch.
+    """
     model, card = load_model(spec, dtype=dtype)
-    return ForesightPipeline(model.to(device), card)
+    model = model.to(device)
+    runner, info = load_backend(model, backend, engines)
+    return ForesightPipeline(model, card, backend=runner, backend_info=info)

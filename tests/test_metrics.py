@@ -9,12 +9,12 @@ from sim_bridge.tabletop import make_episode
 
 def test_psnr_and_ssim_on_identical_and_noisy_clips():
     rng = np.random.default_rng(0)
-    clip = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    clip = make_episode(0, size=64, num_frames=4).frames
     noisy = np.clip(clip.astype(int) + rng.normal(0, 10, clip.shape), 0, 255).astype(np.uint8)
     assert psnr(clip, clip) == 100.0
     assert ssim(clip, clip) == pytest.approx(1.0)
     assert 25 < psnr(noisy, clip) < 30  # sigma 10 noise: about 28 dB
-    assert ssim(noisy, clip) < 0.95
+    assert ssim(noisy, clip) < 0.8  # smooth scene: noise destroys local structure
     assert psnr(255 - clip, clip) < psnr(noisy, clip)
 
 

@@ -125,3 +125,15 @@ def test_config_round_trip_and_validation():
         AIDConfig(num_frames=4, context_frames=4)
     with pytest.raises(ValueError, match="unknown"):
         AIDConfig.from_dict({"frames": 3})
+
+
+def test_deepcopy_rebinds_adapter_hooks(tiny_svd):
+    adapted = AdaptedUNet(tiny_svd.unet, AdapterConfig(ratio=4, long_term_heads=2)).eval()
+    clone = copy.deepcopy(adapted)
+    sample, t, context, time_ids = unet_inputs(adapted.unet)
+    per_frame = context.repeat_interleave(sample.shape[1], dim=0)
+    with torch.no_grad():
+        for adapter in clone.adapters.long_term.values():
+            torch.nn.init.normal_(adapter.up.weight, std=0.05)
+        original, copied = adapted(sample, t, per_frame, time_ids), clone(sample, t, per_frame, time_ids)
+    assert (copied - original).abs().max() > 1e-4, "the copy must run its own adapters"

@@ -11,6 +11,8 @@ every spatio-temporal transformer (the place where SVD mixes frames), on the sel
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from diffusers.models.embeddings import get_timestep_embedding
@@ -128,33 +130,30 @@ class AIDAdapters(nn.Module):
                     )
 
     def attach(self, unet: nn.Module) -> list[torch.utils.hooks.RemovableHandle]:
-        """Register the hooks that run these adapters inside `unet`; returns their handles."""
+        """Register the hooks that run these adapters inside `unet`; returns their handles.
+
+        Hooks are partials of bound methods (not closures), so `copy.deepcopy` of a model
+        rebinds them to the copied adapters.
+        """
         handles = []
         for name, transformer in spatio_temporal_transformers(unet, self.config.placement):
             key = _key(name)
-            temporal = [d[key] for d in (self.short_term, self.long_term) if key in d]
-            if temporal:
-                handles.append(transformer.register_forward_hook(_temporal_hook(temporal), with_kwargs=True))
+            if key in self.short_term or key in self.long_term:
+                hook = functools.partial(self._temporal_hook, key)
+                handles.append(transformer.register_forward_hook(hook, with_kwargs=True))
             for i, block in enumerate(transformer.transformer_blocks):
                 block_key = _key(f"{name}.transformer_blocks.{i}")
                 if block_key in self.spatial:
-                    handles.append(block.attn1.register_forward_hook(_spatial_hook(self.spatial[block_key])))
+                    handles.append(block.attn1.register_forward_hook(functools.partial(self._spatial_hook, block_key)))
         return handles
 
+    def _spatial_hook(self, key: str, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        return output + self.spatial[key](args[0])
 
-def _spatial_hook(adapter: SpatialAdapter):
-    def hook(module, args, output):
-        return output + adapter(args[0])
-
-    return hook
-
-
-def _temporal_hook(adapters: list[nn.Module]):
-    def hook(module, args, kwargs, output):
+    def _temporal_hook(self, key: str, module: nn.Module, args: tuple, kwargs: dict, output):
         x = output[0] if isinstance(output, tuple) else output.sample
         num_frames = kwargs["image_only_indicator"].shape[-1]
-        for adapter in adapters:
-            x = x + adapter(x, num_frames)
+        for adapters in (self.short_term, self.long_term):
+            if key in adapters:
+                x = x + adapters[key](x, num_frames)
         return (x,) + tuple(output[1:]) if isinstance(output, tuple) else type(output)(sample=x)
-
-    return hook

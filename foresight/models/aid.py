@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -120,6 +120,14 @@ class AIDModel(nn.Module):
         return (z * self.vae.config.scaling_factor).unflatten(0, frames.shape[:2])
 
     @torch.no_grad()
+    def encode_context(self, context_frames: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """SVD's condition latents: noise-augmented frames (B, K, 3, H, W), unscaled VAE mode."""
+        frames = context_frames.to(self.device, self.dtype)
+        if noise is not None:
+            frames = frames + self.config.noise_aug_strength * noise.to(frames)
+        return self.vae.encode(frames.flatten(0, 1)).latent_dist.mode().unflatten(0, frames.shape[:2])
+
+    @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents (B, F, 4, h, w) -> frames (B, F, 3, H, W) in [-1, 1]."""
         b, f = latents.shape[:2]
@@ -143,6 +151,8 @@ class AIDModel(nn.Module):
         noise: torch.Tensor | None = None,
         drop_frames: torch.Tensor | None = None,
         drop_text: torch.Tensor | None = None,
+        context_latents: torch.Tensor | None = None,
+        dqformer: Callable[..., torch.Tensor] | None = None,
     ) -> Conditions:
         """Build the UNet's conditions for B clips.
 
@@ -150,18 +160,19 @@ class AIDModel(nn.Module):
         frames, (B, K, 3, H, W) standard normal (zeros if None); drop_frames / drop_text (B,) bool
         replace the frame condition (latents, image features) by zeros and the text by the
         empty sentence: the "0" branches of the two guidance scales and of condition dropout.
+        context_latents (B, K, 4, h, w): the already encoded noise-augmented context frames
+        (training precomputes them once); `noise` is then unused.
+        dqformer: a runtime backend's DQFormer (same signature); defaults to the module.
         """
         cfg = self.config
         frames = cfg.num_frames if num_frames is None else num_frames
         b, k = context_frames.shape[:2]
         dev, dtype = self.device, self.dtype
         context_frames = context_frames.to(dev, dtype)
-        if noise is None:
-            noise = torch.zeros_like(context_frames)
-        noisy = context_frames + cfg.noise_aug_strength * noise.to(dev, dtype)
         # 1. context latents in the condition channels of the first K frames, the rest masked
-        with torch.no_grad():
-            z = self.vae.encode(noisy.flatten(0, 1)).latent_dist.mode().unflatten(0, (b, k))
+        if context_latents is None:
+            context_latents = self.encode_context(context_frames, noise)
+        z = context_latents.to(dev, dtype)
         cond = torch.zeros(b, frames, *z.shape[2:], device=dev, dtype=dtype)
         cond[:, :k] = z
         # 2. image features of the first context frame
@@ -183,7 +194,7 @@ class AIDModel(nn.Module):
             states = [[""] * len(s) if d else list(s) for s, d in zip(states, drop_text.tolist())]
         t1, m1, t2, m2 = self.text_features(instructions, states)
         # 4. MCondition per frame, after SVD's own image token
-        m = self.dqformer(t1.to(dtype), m1, t2.to(dtype), m2, v.to(dtype), num_frames=frames)
+        m = (dqformer or self.dqformer)(t1.to(dtype), m1, t2.to(dtype), m2, v.to(dtype), num_frames=frames)
         return Conditions(cond, torch.cat([image_token, m], dim=1), time_ids)
 
     def guidance_conditions(
@@ -193,6 +204,7 @@ class AIDModel(nn.Module):
         states: Sequence[Sequence[str]],
         num_frames: int | None = None,
         noise: torch.Tensor | None = None,
+        dqformer: Callable[..., torch.Tensor] | None = None,
     ) -> Conditions:
         """Conditions for the three guidance branches of B clips, stacked as
         [unconditional ; frames only ; frames + text] (3B clips), built in one batched pass."""
@@ -206,4 +218,5 @@ class AIDModel(nn.Module):
             None if noise is None else noise.repeat(3, 1, 1, 1, 1),
             drop_frames=flags == 0,
             drop_text=flags < 2,
+            dqformer=dqformer,
         )

@@ -35,19 +35,25 @@ def aid_loss(
     states: Sequence[Sequence[str]],
     dropout: DropoutConfig = DropoutConfig(),
     generator: torch.Generator | None = None,
+    latents: tuple[torch.Tensor, torch.Tensor] | None = None,
     p_mean: float = 0.7,
     p_std: float = 1.6,
 ) -> torch.Tensor:
     """Loss for a batch of clips; video (B, N, 3, H, W) in [-1, 1], the first K frames are context.
 
+    latents: optionally the precomputed (diffusion latents (B, N, 4, h, w), noise-augmented
+    context latents (B, K, 4, h, w)); the frozen VAE then never runs in the training loop.
     Gradients reach only `model.trainable_parameters()`: the UNet, VAE and encoders are frozen.
     """
     b, k = video.shape[0], model.config.context_frames
     video = video.to(model.device, model.dtype)
-    x0 = model.encode_latents(video)
+    if latents is None:
+        aug = torch.randn(video[:, :k].shape, generator=generator).to(video)
+        latents = model.encode_latents(video), model.encode_context(video[:, :k], aug)
+    x0, context_latents = (t.to(model.device, model.dtype) for t in latents)
     drop_frames, drop_text = dropout.sample(b, generator)
-    aug = torch.randn(video[:, :k].shape, generator=generator).to(video)
-    cond = model.conditions(video[:, :k], instructions, states, video.shape[1], aug, drop_frames, drop_text)
+    cond = model.conditions(video[:, :k], instructions, states, video.shape[1], None, drop_frames, drop_text,
+                            context_latents=context_latents)
     sigma = sample_training_sigmas(b, generator, p_mean, p_std).to(model.device)
     noise = torch.randn(x0.shape, generator=generator).to(x0)
     return edm_loss(Denoiser(model.unet), x0, cond, sigma, noise, target_frames=slice(k, None))

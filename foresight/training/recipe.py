@@ -78,8 +78,8 @@ class RecipeConfig:
         dqformer=DQFormerConfig(width=64, text_dim=384, vision_dim=64, layers=2, heads=4, tokens_per_frame=8),
     )
     vae: StageConfig = StageConfig(steps=800, batch=2, lr=1e-3)
-    base: StageConfig = StageConfig(steps=1300, batch=8, lr=5e-4)
-    stage_aid: StageConfig = StageConfig(steps=1400, batch=8, lr=5e-4)
+    base: StageConfig = StageConfig(steps=1000, batch=8, lr=5e-4)
+    stage_aid: StageConfig = StageConfig(steps=1100, batch=8, lr=5e-4)
     dropout: DropoutConfig = DropoutConfig(text=0.1, frames=0.05, both=0.05)
     checkpoint_every_s: float = 120.0
 
@@ -90,7 +90,7 @@ class RecipeConfig:
 EVAL_SEED_START = 1_000_000
 
 
-def _atomic_save(obj: dict, path: Path) -> None:
+def _atomic_save(obj, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
@@ -169,6 +169,40 @@ def _sample(dataset: ClipDataset, batch: int, g: torch.Generator) -> tuple[torch
     return dataset.batch(torch.randint(len(dataset), (batch,), generator=g))
 
 
+def _sample_with_latents(data: ClipDataset, latents: tuple[torch.Tensor, torch.Tensor], batch: int,
+                         g: torch.Generator):
+    idx = torch.randint(len(data), (batch,), generator=g)
+    video, instructions = data.batch(idx)
+    return video, instructions, (latents[0][idx], latents[1][idx])
+
+
+def encode_dataset(cfg: RecipeConfig, data: ClipDataset, out: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Diffusion latents and noise-augmented context latents of every clip, with the trained VAE.
+
+    The VAE is frozen after stage 1, so encoding once (cached in `latents.pt`) takes the VAE
+    out of every later training step. Each clip gets one fixed noise-augmentation draw.
+    """
+    path = out / "latents.pt"
+    if path.is_file():
+        return torch.load(path)
+    from diffusers import AutoencoderKLTemporalDecoder
+
+    vae = AutoencoderKLTemporalDecoder.from_pretrained(out / "vae", local_files_only=True).eval()
+    k, scale = cfg.aid.context_frames, vae.config.scaling_factor
+    g = torch.Generator().manual_seed(cfg.seed + 4)
+    x0, ctx = [], []
+    with torch.no_grad():
+        for start in tqdm(range(0, len(data), 32), desc="encoding latents"):
+            video, _ = data.batch(torch.arange(start, min(start + 32, len(data))))
+            z = vae.encode(video.flatten(0, 1)).latent_dist.mode()
+            x0.append((z * scale).unflatten(0, video.shape[:2]))
+            noisy = video[:, :k] + cfg.aid.noise_aug_strength * torch.randn(video[:, :k].shape, generator=g)
+            ctx.append(vae.encode(noisy.flatten(0, 1)).latent_dist.mode().unflatten(0, noisy.shape[:2]))
+    latents = torch.cat(x0), torch.cat(ctx)
+    _atomic_save(latents, path)
+    return latents
+
+
 def train_vae(cfg: RecipeConfig, data: ClipDataset, out: Path):
     svd = build_tiny_svd(cfg.svd, seed=cfg.seed)
     vae = svd.vae.train()
@@ -189,6 +223,7 @@ def train_vae(cfg: RecipeConfig, data: ClipDataset, out: Path):
 
 
 def train_base(cfg: RecipeConfig, data: ClipDataset, out: Path):
+    latents = encode_dataset(cfg, data, out)
     from diffusers import AutoencoderKLTemporalDecoder
 
     svd = build_tiny_svd(cfg.svd, seed=cfg.seed)
@@ -201,8 +236,8 @@ def train_base(cfg: RecipeConfig, data: ClipDataset, out: Path):
     dropout = DropoutConfig(text=0.0, frames=0.1, both=0.0)
 
     def loss_fn(g: torch.Generator) -> torch.Tensor:
-        video, instructions = _sample(data, cfg.base.batch, g)
-        return aid_loss(model, video, instructions, [[]] * len(instructions), dropout, g)
+        video, instructions, lat = _sample_with_latents(data, latents, cfg.base.batch, g)
+        return aid_loss(model, video, instructions, [[]] * len(instructions), dropout, g, latents=lat)
 
     stats = run_stage("base", out, cfg.base, {"unet": unet, "vision": vision}, params, loss_fn, cfg.seed + 2,
                       cfg.checkpoint_every_s)
@@ -213,6 +248,7 @@ def train_base(cfg: RecipeConfig, data: ClipDataset, out: Path):
 
 
 def train_aid(cfg: RecipeConfig, data: ClipDataset, out: Path):
+    latents = encode_dataset(cfg, data, out)
     svd = load_svd(out / "base" / "svd")
     model = AIDModel(svd, TextEncoder(bundled_text_encoder_path(), cfg.aid.text_max_length), cfg.aid)
     model.train()
@@ -221,9 +257,9 @@ def train_aid(cfg: RecipeConfig, data: ClipDataset, out: Path):
     modules = {"dqformer": model.dqformer, "adapters": model.unet.adapters, "unet": model.unet.unet}
 
     def loss_fn(g: torch.Generator) -> torch.Tensor:
-        video, instructions = _sample(data, cfg.stage_aid.batch, g)
+        video, instructions, lat = _sample_with_latents(data, latents, cfg.stage_aid.batch, g)
         states = [decomposer(s) for s in instructions]
-        return aid_loss(model, video, instructions, states, cfg.dropout, g)
+        return aid_loss(model, video, instructions, states, cfg.dropout, g, latents=lat)
 
     stats = run_stage("aid", out, cfg.stage_aid, modules, params, loss_fn, cfg.seed + 3, cfg.checkpoint_every_s)
     model.eval()

@@ -1,0 +1,169 @@
+"""ONNX Runtime: CUDA (+ its TensorRT provider) with IO binding on GPU, the CPU provider otherwise."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engines.base import first_frames
+
+logger = logging.getLogger(__name__)
+
+_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(bool)": np.bool_}
+_TORCH = {np.float32: torch.float32, np.float16: torch.float16, np.bool_: torch.bool}
+_LEVELS = ("disable", "basic", "extended", "all")
+
+
+def available() -> str | None:
+    """None when ONNX Runtime can be used, else why not."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError as e:
+        return f"onnxruntime is not installed ({e}); pip install onnxruntime (CPU) or onnxruntime-gpu"
+    return None
+
+
+@dataclass(frozen=True)
+class OrtOptions:
+    """Session settings. intra_op_threads 0 = ONNX Runtime's default (one per physical core).
+
+    providers None = the best present for the device: TensorRT EP, CUDA EP, CPU on a GPU; CPU otherwise.
+    """
+
+    intra_op_threads: int = 0
+    optimization: str = "all"
+    providers: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.optimization not in _LEVELS:
+            raise ValueError(f"optimization must be one of {_LEVELS}, got {self.optimization!r}")
+        if self.intra_op_threads < 0:
+            raise ValueError(f"intra_op_threads must be >= 0, got {self.intra_op_threads}")
+
+
+def _session(path: Path, device: torch.device, options: OrtOptions, cache_dir: Path):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[options.optimization]
+    so.intra_op_num_threads = options.intra_op_threads
+    so.log_severity_level = 3
+    present = ort.get_available_providers()
+    if options.providers is not None:
+        wanted = list(options.providers)
+    elif device.type == "cuda":
+        wanted = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    else:
+        wanted = ["CPUExecutionProvider"]
+    providers = []
+    for name in wanted:
+        if name not in present:
+            logger.info("ONNX Runtime provider %s is not present (have %s)", name, present)
+            continue
+        if name == "TensorrtExecutionProvider":  # GPU path: untested here
+            providers.append((name, {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache_dir)}))
+        elif name == "CUDAExecutionProvider":  # GPU path: untested here
+            providers.append((name, {"device_id": device.index or 0}))
+        else:
+            providers.append(name)
+    if device.type == "cuda" and not any(p[0] == "CUDAExecutionProvider" for p in providers if isinstance(p, tuple)):
+        raise RuntimeError(f"ONNX Runtime has no CUDA provider here ({present}); install onnxruntime-gpu")
+    return ort.InferenceSession(str(path), sess_options=so, providers=providers)
+
+
+class _Graph:
+    """One session with its I/O names and dtypes."""
+
+    def __init__(self, path: Path, device: torch.device, options: OrtOptions, cache_dir: Path) -> None:
+        self.session = _session(path, device, options, cache_dir)
+        self.inputs = {i.name: _NUMPY[i.type] for i in self.session.get_inputs()}
+        out = self.session.get_outputs()[0]
+        self.output, self.output_dtype, self.output_dims = out.name, _NUMPY[out.type], out.shape
+        self.device = device
+
+    def __call__(self, tensors: dict[str, torch.Tensor], out_shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        if self.device.type == "cuda":
+            return self._run_bound(tensors, out_shape).to(dtype)
+        feed = {name: tensors[name].detach().cpu().numpy().astype(np_dtype, copy=False) for name, np_dtype in self.inputs.items()}
+        out = self.session.run([self.output], feed)[0]
+        return torch.from_numpy(out).to(dtype)
+
+    def _run_bound(self, tensors: dict[str, torch.Tensor], out_shape: tuple[int, ...]) -> torch.Tensor:
+        """GPU path (untested here): bind torch CUDA memory directly, no host copies."""
+        index = self.device.index or 0
+        binding = self.session.io_binding()
+        keep = []
+        for name, np_dtype in self.inputs.items():
+            t = tensors[name].to(self.device, _TORCH[np_dtype]).contiguous()
+            keep.append(t)
+            binding.bind_input(name, "cuda", index, np_dtype, tuple(t.shape), t.data_ptr())
+        out = torch.empty(out_shape, dtype=_TORCH[self.output_dtype], device=self.device)
+        binding.bind_output(self.output, "cuda", index, self.output_dtype, tuple(out.shape), out.data_ptr())
+        torch.cuda.current_stream(self.device).synchronize()  # ORT runs on its own stream
+        self.session.run_with_iobinding(binding)
+        return out
+
+
+class OnnxRuntimeBackend:
+    """The UNet and DQFormer graphs of an engine folder, run by ONNX Runtime.
+
+    num_frames: N, the frame count the DQFormer graph always produces (its DE queries).
+    """
+
+    name = "onnxruntime"
+
+    def __init__(
+        self,
+        files: dict[str, Path],
+        num_frames: int,
+        device: str | torch.device = "cpu",
+        options: OrtOptions = OrtOptions(),
+    ) -> None:
+        self.device = torch.device(device)
+        self.options = options
+        self.num_frames = num_frames
+        cache_dir = Path(files["unet"]).parent / "ort_trt_cache"
+        self._unet = _Graph(Path(files["unet"]), self.device, options, cache_dir)
+        self._dqformer = _Graph(Path(files["dqformer"]), self.device, options, cache_dir) if "dqformer" in files else None
+        self.files = {k: str(v) for k, v in files.items()}
+
+    def unet(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        added_time_ids: torch.Tensor,
+    ) -> torch.Tensor:
+        out_channels = self._unet.output_dims[2]
+        shape = (*sample.shape[:2], out_channels, *sample.shape[3:])
+        timestep = timestep.reshape(-1).expand(sample.shape[0])
+        tensors = dict(
+            sample=sample, timestep=timestep, encoder_hidden_states=encoder_hidden_states, added_time_ids=added_time_ids
+        )
+        return self._unet(tensors, shape, sample.dtype).to(sample.device)
+
+    def dqformer(self, t1, t1_mask, t2, t2_mask, v, num_frames: int | None = None) -> torch.Tensor:
+        if self._dqformer is None:
+            raise RuntimeError("this engine folder has no DQFormer graph (a text-free model)")
+        batch = t1.shape[0]
+        shape = (batch * self.num_frames, *self._dqformer.output_dims[1:])
+        out = self._dqformer(dict(t1=t1, t1_mask=t1_mask, t2=t2, t2_mask=t2_mask, v=v), shape, t1.dtype)
+        return first_frames(out.to(t1.device), batch, num_frames)
+
+    def describe(self) -> dict:
+        return {
+            "providers": self._unet.session.get_providers(),
+            "files": self.files,
+            "io_dtypes": {name: str(dtype.__name__) for name, dtype in self._unet.inputs.items()},
+            "intra_op_threads": self.options.intra_op_threads,
+            "optimization": self.options.optimization,
+        }

@@ -1,0 +1,275 @@
+"""Export AID's UNet and DQFormer to ONNX, check them, build TensorRT engines where possible.
+
+    python export/build_engines.py --model tiny-random --out engines/tiny-random
+    python export/build_engines.py --model /models/aid --out /models/aid/engines --precision fp16 --max-batch 4
+
+Stages: load the model -> export ONNX graphs (dynamic batch and frames) -> check each graph with
+ONNX Runtime against PyTorch on fresh random inputs -> build TensorRT engines (strongly typed,
+one optimization profile for batch 1..3*max_batch: the three guidance branches are batched) and
+check each against ONNX Runtime -> write manifest.json. Without TensorRT or a CUDA GPU the build
+stage is skipped with the reason, and the ONNX graphs are the engines. Only graphs that passed
+their check are marked usable in the manifest; the loader (engines.select) uses nothing else.
+
+With --precision fp16 the UNet graph is fp16; the DQFormer graph stays fp32: it runs once per
+request, and the TorchScript exporter writes a type-inconsistent graph for its boolean-masked
+attention in fp16 (LayerNormalization bound to float and float16).
+
+The VAE and the vision encoder stay in PyTorch: they run once per request, against 3 x steps
+UNet calls, so exporting them would not move the latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import secrets
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engines import onnxruntime_backend, tensorrt_backend  # noqa: E402
+from engines.manifest import (  # noqa: E402
+    FORMAT_VERSION,
+    file_sha256,
+    gpu_name,
+    graph_modules,
+    library_versions,
+    weights_sha256,
+    write_manifest,
+)
+from engines.onnxruntime_backend import OnnxRuntimeBackend  # noqa: E402
+from engines.tensorrt_backend import TensorRTBackend  # noqa: E402
+from export.onnx_export import DQFormerGraph, GraphShapes, export_graph, graph_io, graph_shapes  # noqa: E402
+from export.tensorrt_build import Profile, build_engine  # noqa: E402
+from export.validate import compare  # noqa: E402
+
+logger = logging.getLogger("export")
+
+TIMING_CACHE = "timing.cache"
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """What to build. None sizes default to the model config; frames is the most frames per call."""
+
+    model: str
+    out: Path
+    adapters: Path | None = None
+    precision: str = "fp32"
+    frames: int | None = None
+    height: int | None = None
+    width: int | None = None
+    max_batch: int = 1
+    opset: int = 17
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "fp16"):
+            raise ValueError(f"precision must be fp32 or fp16, got {self.precision!r}")
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch (hypotheses per request) must be >= 1, got {self.max_batch}")
+        if not 9 <= self.opset <= 20:
+            raise ValueError(f"opset must be in [9, 20] (the TorchScript exporter), got {self.opset}")
+
+
+def _load(config: BuildConfig, device: torch.device):
+    from foresight.model_dir import load_model
+
+    model, _ = load_model(config.model)
+    if config.adapters is not None:
+        model.load_aid_weights(config.adapters)
+    return model.to(device).eval()
+
+
+def _profiles(shapes: GraphShapes, frames: tuple[int, int], max_batch: int) -> dict[str, Profile]:
+    """min / opt / max per input. opt = one hypothesis (3 branches), full length: the common request."""
+    s = shapes
+    batches, fr = (1, 3, 3 * max_batch), (frames[0], frames[1], frames[1])
+
+    def per(fn):
+        return tuple(fn(b, f) for b, f in zip(batches, fr))
+
+    return {
+        "unet": {
+            "sample": per(lambda b, f: (b, f, s.in_channels, s.latent_height, s.latent_width)),
+            "timestep": per(lambda b, f: (b,)),
+            "encoder_hidden_states": per(lambda b, f: (b * f, s.context_tokens, s.cross_dim)),
+            "added_time_ids": per(lambda b, f: (b, 3)),
+        },
+        "dqformer": {
+            "t1": per(lambda b, f: (b, s.text_tokens, s.text_dim)),
+            "t1_mask": per(lambda b, f: (b, s.text_tokens)),
+            "t2": per(lambda b, f: (b, s.state_tokens, s.text_dim)),
+            "t2_mask": per(lambda b, f: (b, s.state_tokens)),
+            "v": per(lambda b, f: (b, s.vision_tokens, s.vision_dim)),
+        },
+    }
+
+
+def _runners(backend, reference=None):
+    """graph -> callable(inputs dict) for a backend, or for the PyTorch model when reference is a model."""
+    if reference is not None:
+        dq = DQFormerGraph(reference.dqformer) if reference.dqformer is not None else None
+        return {"unet": lambda x: reference.unet(**x), "dqformer": lambda x: dq(**x)}
+    return {"unet": lambda x: backend.unet(**x), "dqformer": lambda x: backend.dqformer(**x)}
+
+
+def _report(graph: str, kind: str, check: dict) -> None:
+    verdict = "ok" if check["passed"] else f"FAILED (tolerance {check['tolerance_rel']:.0e})"
+    print(
+        f"{graph:>9} {kind:>8} vs {check['reference']:<11} max abs {check['max_abs']:.3e}  "
+        f"max rel {check['max_rel']:.3e}  {verdict}"
+    )
+
+
+def build_engines(config: BuildConfig) -> dict:
+    """Run every stage; returns the manifest it wrote to config.out."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    seed = config.seed if config.seed is not None else secrets.randbits(31)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    logger.info("[1/5] loading %s on %s", config.model, device)
+    reference = _load(config, device)
+    cfg = reference.config
+    height, width = config.height or cfg.height, config.width or cfg.width
+    frames_max = config.frames or cfg.num_frames
+    if not cfg.context_frames < frames_max <= cfg.num_frames:
+        raise ValueError(f"--frames must be in ({cfg.context_frames}, {cfg.num_frames}], got {frames_max}")
+    if height % 8 or width % 8:
+        raise ValueError(f"--height and --width must be multiples of 8, got {height}x{width}")
+    frames = (cfg.context_frames + 1, frames_max)
+    shapes = graph_shapes(reference, height, width)
+    if config.precision == "fp16":  # a second instance: converting the reference in place would round it
+        exported = _load(config, device).half()
+    else:
+        exported = reference
+    modules = graph_modules(reference)
+
+    logger.info("[2/5] exporting ONNX graphs (%s) to %s", config.precision, out)
+    precisions = {"unet": config.precision, "dqformer": "fp32"}
+    onnx_files: dict[str, list[Path]] = {}
+    for graph in modules:
+        source = exported if precisions[graph] == config.precision else reference
+        onnx_files[graph] = export_graph(graph, source, shapes, frames_max, out / f"{graph}.onnx", config.opset)
+        logger.info("  %s -> %s", graph, ", ".join(p.name for p in onnx_files[graph]))
+    del exported
+
+    logger.info("[3/5] checking ONNX graphs with ONNX Runtime against PyTorch (seed %d)", seed)
+    missing = onnxruntime_backend.available()
+    if missing:
+        raise RuntimeError(f"cannot check the ONNX graphs: {missing}")
+    import onnxruntime
+
+    ort_device = device if "CUDAExecutionProvider" in onnxruntime.get_available_providers() else torch.device("cpu")
+    ort_backend = OnnxRuntimeBackend({g: f[0] for g, f in onnx_files.items()}, cfg.num_frames, ort_device)
+    big = 3 * config.max_batch
+    cases = {"unet": [(1, frames[0]), (big, frames[1])], "dqformer": [(1, cfg.num_frames), (big, cfg.num_frames)]}
+    ort_run, torch_run = _runners(ort_backend), _runners(None, reference)
+    graphs: dict[str, dict] = {}
+    for graph in modules:
+        check = compare(ort_run[graph], torch_run[graph], graph, shapes, cases[graph], precisions[graph], device, seed, "pytorch")
+        _report(graph, "onnx", check)
+        graphs[graph] = {
+            "precision": precisions[graph],
+            "source_sha256": weights_sha256(modules[graph], precisions[graph]),
+            **graph_io(onnx_files[graph][0]),
+            "onnx": {
+                "files": {p.name: file_sha256(p) for p in onnx_files[graph]},
+                "opset": config.opset,
+                "check": check,
+                "usable": check["passed"],
+            },
+        }
+
+    logger.info("[4/5] TensorRT engines")
+    skip = tensorrt_backend.available()
+    profiles = _profiles(shapes, frames, config.max_batch)
+    versions = library_versions()
+    if skip is None and not all(graphs[g]["onnx"]["usable"] for g in modules):
+        skip = "an ONNX graph failed its check, so no engine is built from it"
+    if skip is None:  # GPU path: untested here
+        import tensorrt as trt
+
+        versions["tensorrt"] = trt.__version__
+        for graph in modules:
+            engine = out / f"{graph}.plan"
+            build_engine(onnx_files[graph][0], engine, profiles[graph], out / TIMING_CACHE)
+            graphs[graph]["tensorrt"] = {
+                "files": {engine.name: file_sha256(engine)},
+                "profile": {n: [list(s) for s in p] for n, p in profiles[graph].items()},
+            }
+        trt_backend = TensorRTBackend({g: out / f"{g}.plan" for g in modules}, cfg.num_frames, device)
+        trt_run = _runners(trt_backend)
+        trt_cases = {"unet": list(zip((1, 3, big), (frames[0], frames[1], frames[1])))}
+        trt_cases["dqformer"] = [(b, cfg.num_frames) for b in (1, 3, big)]
+        for graph in modules:
+            check = compare(
+                trt_run[graph], ort_run[graph], graph, shapes, trt_cases[graph], precisions[graph], device, seed, "onnxruntime"
+            )
+            _report(graph, "tensorrt", check)
+            graphs[graph]["tensorrt"] |= {"check": check, "usable": check["passed"]}
+        print("TensorRT engines built; the manifest marks each usable only if it passed its check")
+    else:
+        print(f"TensorRT skipped: {skip}. The ONNX graphs are the engines (ONNX Runtime backend).")
+
+    logger.info("[5/5] writing the manifest")
+    manifest = {
+        "format": FORMAT_VERSION,
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "model": config.model,
+        "adapters": None if config.adapters is None else str(config.adapters),
+        "aid_config": cfg.to_dict(),
+        "precision": config.precision,
+        "io_dtypes": "per graph: float16 for every float input and output of an fp16 graph, float32 for fp32; masks bool",
+        "shapes": {
+            "height": height,
+            "width": width,
+            "frames": {"min": frames[0], "max": frames[1]},
+            "batch": {"min": 1, "opt": 3, "max": big},
+            "max_hypotheses": config.max_batch,
+            **asdict(shapes),
+        },
+        "versions": versions,
+        "gpu": gpu_name(),
+        "tensorrt_skipped": skip,
+        "build": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()} | {"seed": seed},
+        "graphs": graphs,
+    }
+    path = write_manifest(out, manifest)
+    print(f"wrote {path}")
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="'tiny', 'tiny-random' or a model folder")
+    parser.add_argument("--adapters", type=Path, default=None, help="AID weights (adapters + DQFormer) to load on top")
+    parser.add_argument("--out", type=Path, required=True, help="engine folder to write")
+    parser.add_argument("--precision", choices=("fp16", "fp32"), default=None,
+                        help="graph and engine precision (default fp16 with a CUDA GPU, fp32 without)")
+    parser.add_argument("--frames", type=int, default=None, help="most frames per call (default: the model's N)")
+    parser.add_argument("--height", type=int, default=None)
+    parser.add_argument("--width", type=int, default=None)
+    parser.add_argument("--max-batch", type=int, default=1, help="most hypotheses per request")
+    parser.add_argument("--opset", type=int, default=17)
+    parser.add_argument("--seed", type=int, default=None, help="for the random check inputs (default: fresh)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    precision = args.precision or ("fp16" if torch.cuda.is_available() else "fp32")
+    config = BuildConfig(
+        model=args.model, out=args.out, adapters=args.adapters, precision=precision, frames=args.frames,
+        height=args.height, width=args.width, max_batch=args.max_batch, opset=args.opset, seed=args.seed,
+    )
+    return build_engines(config)
+
+
+if __name__ == "__main__":
+    main()

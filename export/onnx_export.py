@@ -1,0 +1,179 @@
+"""ONNX export of AID's UNet and DQFormer through thin wrappers with fixed I/O names.
+
+The TorchScript exporter (`dynamo=False`) traces the adapter hooks like any other code. Batch
+and frame axes are dynamic; the spatial size and token counts are fixed by the model config.
+Graphs whose weights pass 2 GB (the real SVD UNet) are written with their tensors in one
+external-data file beside the graph (`<name>.onnx.data`), which ONNX Runtime and TensorRT's
+parser read from the same folder.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from engines.base import DQFORMER_INPUTS, DQFORMER_OUTPUTS, UNET_INPUTS, UNET_OUTPUTS
+
+
+EXTERNAL_DATA_BYTES = 1 << 30  # above this, weights go to an external file (protobuf caps a file at 2 GB)
+
+
+class DQFormerGraph(nn.Module):
+    """DQFormer with tensor-only inputs; always all N frames (callers slice, see engines.base.first_frames)."""
+
+    def __init__(self, dqformer: nn.Module) -> None:
+        super().__init__()
+        self.dqformer = dqformer
+
+    def forward(self, t1, t1_mask, t2, t2_mask, v) -> torch.Tensor:
+        return self.dqformer(t1, t1_mask, t2, t2_mask, v)
+
+
+@dataclass(frozen=True)
+class GraphShapes:
+    """Fixed sizes of the exported graphs; batch and frames stay dynamic.
+
+    context_tokens: L of the UNet's per-frame context; text_tokens, state_tokens, vision_tokens:
+    the DQFormer's input lengths.
+    """
+
+    in_channels: int
+    latent_height: int
+    latent_width: int
+    context_tokens: int
+    cross_dim: int
+    text_tokens: int
+    state_tokens: int
+    text_dim: int
+    vision_tokens: int
+    vision_dim: int
+
+
+def graph_shapes(model: nn.Module, height: int, width: int) -> GraphShapes:
+    """Read the sizes off the model by running its encoders once on dummy input."""
+    cfg = model.config
+    factor = 2 ** (len(model.vae.config.block_out_channels) - 1)
+    with torch.no_grad():
+        v, _ = model.vision(torch.zeros(1, 3, height, width, device=model.device, dtype=model.dtype))
+        t1 = torch.zeros(1, 0, 0) if model.dqformer is None else model.text([""])[0]
+    d = cfg.dqformer
+    me_tokens = t1.shape[1] if d is not None and d.use_me else 0
+    de_tokens = d.tokens_per_frame if d is not None and d.use_de else 0
+    return GraphShapes(
+        in_channels=model.unet.config.in_channels,
+        latent_height=height // factor,
+        latent_width=width // factor,
+        context_tokens=1 + me_tokens + de_tokens,
+        cross_dim=model.unet.config.cross_attention_dim,
+        text_tokens=t1.shape[1],
+        state_tokens=cfg.num_states * t1.shape[1],
+        text_dim=t1.shape[2],
+        vision_tokens=v.shape[1],
+        vision_dim=v.shape[2],
+    )
+
+
+def random_inputs(
+    graph: str, shapes: GraphShapes, batch: int, frames: int, dtype: torch.dtype, device: torch.device, generator: torch.Generator
+) -> dict[str, torch.Tensor]:
+    """Fresh random inputs in realistic ranges (c_noise of SVD's sigmas, SVD's time ids, masks with padding)."""
+
+    def randn(*size):
+        return torch.randn(*size, generator=generator).to(device, dtype)
+
+    if graph == "unet":
+        s = shapes
+        timestep = torch.rand(batch, generator=generator) * 3.2 - 1.55  # log(sigma) / 4 for sigma in [0.002, 700]
+        time_ids = torch.tensor([6.0, 127.0, 0.02]) + torch.rand(batch, 3, generator=generator) * torch.tensor([4.0, 60.0, 0.1])
+        return dict(
+            sample=randn(batch, frames, s.in_channels, s.latent_height, s.latent_width),
+            timestep=timestep.to(device, dtype),
+            encoder_hidden_states=randn(batch * frames, s.context_tokens, s.cross_dim),
+            added_time_ids=time_ids.to(device, dtype),
+        )
+
+    def mask(length):
+        lengths = torch.randint(1, length + 1, (batch, 1), generator=generator)
+        return (torch.arange(length) < lengths).to(device)
+
+    return dict(
+        t1=randn(batch, shapes.text_tokens, shapes.text_dim),
+        t1_mask=mask(shapes.text_tokens),
+        t2=randn(batch, shapes.state_tokens, shapes.text_dim),
+        t2_mask=mask(shapes.state_tokens),
+        v=randn(batch, shapes.vision_tokens, shapes.vision_dim),
+    )
+
+
+def _save(proto: onnx.ModelProto, path: Path) -> list[Path]:
+    """Write the graph (+ one external-data file when large); returns the files written, graph first."""
+    weights = sum(len(t.raw_data) for t in proto.graph.initializer)
+    data = path.with_name(path.name + ".data")
+    data.unlink(missing_ok=True)
+    if weights > EXTERNAL_DATA_BYTES:
+        onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name)
+        files = [path, data]
+    else:
+        onnx.save_model(proto, str(path))
+        files = [path]
+    onnx.checker.check_model(str(path))
+    return files
+
+
+@torch.no_grad()
+def export_graph(
+    graph: str, model: nn.Module, shapes: GraphShapes, frames: int, path: Path, opset: int = 17
+) -> list[Path]:
+    """Export "unet" (model.unet) or "dqformer" (model.dqformer) of an AIDModel to `path`.
+
+    Traced at batch 2 (batch 1 could be specialised away by the tracer). Returns the files written.
+    """
+    g = torch.Generator().manual_seed(0)
+    example = random_inputs(graph, shapes, 2, frames, model.dtype, model.device, g)
+    if graph == "unet":
+        module, names, outputs = model.unet, UNET_INPUTS, UNET_OUTPUTS
+        axes = {"sample": {0: "batch", 1: "frames"}, "timestep": {0: "batch"},
+                "encoder_hidden_states": {0: "batch_frames"}, "added_time_ids": {0: "batch"},
+                outputs[0]: {0: "batch", 1: "frames"}}
+    else:
+        module, names, outputs = DQFormerGraph(model.dqformer), DQFORMER_INPUTS, DQFORMER_OUTPUTS
+        axes = {name: {0: "batch"} for name in names} | {outputs[0]: {0: "batch_frames"}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp, warnings.catch_warnings():
+        # diffusers' shape asserts and size branches specialise to constants, as intended for fixed h, w
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        raw = Path(tmp) / path.name
+        torch.onnx.export(
+            module.eval(),
+            tuple(example[n] for n in names),
+            str(raw),
+            input_names=list(names),
+            output_names=list(outputs),
+            dynamic_axes=axes,
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+        proto = onnx.load(str(raw))  # pulls in any external tensors the exporter wrote beside it
+    return _save(proto, path)
+
+
+def graph_io(path: Path) -> dict[str, dict]:
+    """{"inputs": {name: {"shape": [dim | axis name], "dtype": str}}, "outputs": ...} from the graph."""
+
+    def describe(values):
+        out = {}
+        for v in values:
+            t = v.type.tensor_type
+            dims = [d.dim_param or d.dim_value for d in t.shape.dim]
+            out[v.name] = {"shape": dims, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name}
+        return out
+
+    proto = onnx.load(str(path), load_external_data=False)
+    return {"inputs": describe(proto.graph.input), "outputs": describe(proto.graph.output)}

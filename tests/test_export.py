@@ -1,0 +1,112 @@
+"""export/build_engines.py end to end on the tiny random model, and ONNX Runtime vs PyTorch parity.
+
+Check inputs are fresh random on every run (the seed is in each failure message, so a failure
+can be replayed). Tolerance for fp32 graphs: max |ort - torch| <= 1e-4 * max |torch|; observed
+about 2e-6.
+"""
+
+import contextlib
+import io
+import json
+import secrets
+
+import pytest
+import torch
+
+from engines.base import UNET_INPUTS
+from engines.manifest import MANIFEST_NAME, file_sha256
+from engines.onnxruntime_backend import OnnxRuntimeBackend
+from export.build_engines import main
+from export.onnx_export import DQFormerGraph, graph_shapes, random_inputs
+from export.validate import errors
+from foresight.pipeline import load_pipeline
+
+RTOL = 1e-4
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Numbers, not speed, are under test: one torch thread keeps a shared 2-core box fast."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """Engines of tiny-random (fp32, up to 2 hypotheses) built through the command-line entry point."""
+    out = tmp_path_factory.mktemp("engines")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        manifest = main(["--model", "tiny-random", "--out", str(out), "--precision", "fp32", "--max-batch", "2"])
+    return out, manifest, printed.getvalue()
+
+
+def test_build_writes_checked_graphs_and_manifest(built):
+    out, manifest, _ = built
+    on_disk = json.loads((out / MANIFEST_NAME).read_text())
+    assert on_disk == json.loads(json.dumps(manifest))
+    assert manifest["precision"] == "fp32" and manifest["gpu"] is None
+    assert manifest["versions"]["tensorrt"] is None
+    assert manifest["tensorrt_skipped"]  # says why: no CUDA GPU / no tensorrt here
+    assert manifest["shapes"]["batch"] == {"min": 1, "opt": 3, "max": 6}
+    assert manifest["shapes"]["frames"] == {"min": 2, "max": 8}
+    for graph in ("unet", "dqformer"):
+        entry = manifest["graphs"][graph]
+        assert entry["onnx"]["usable"] and entry["onnx"]["check"]["max_rel"] < RTOL
+        assert len(entry["source_sha256"]) == 64
+        for name, digest in entry["onnx"]["files"].items():
+            assert file_sha256(out / name) == digest
+        assert "tensorrt" not in entry
+    assert manifest["graphs"]["unet"]["inputs"]["sample"]["shape"][:2] == ["batch", "frames"]
+
+
+def test_build_prints_errors_and_the_tensorrt_skip(built):
+    printed = built[2]
+    assert "unet     onnx vs pytorch" in printed and "max rel" in printed
+    assert "TensorRT skipped: no CUDA GPU" in printed or "TensorRT skipped: tensorrt is not installed" in printed
+
+
+@pytest.fixture(scope="module")
+def ort_and_model(built, tiny_model):
+    out = built[0]
+    backend = OnnxRuntimeBackend({"unet": out / "unet.onnx", "dqformer": out / "dqformer.onnx"}, 8, "cpu")
+    return backend, tiny_model, graph_shapes(tiny_model, 64, 64)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("frames", [3, 8])
+def test_unet_onnxruntime_matches_pytorch(ort_and_model, batch, frames):
+    backend, model, shapes = ort_and_model
+    seed = secrets.randbits(31)
+    x = random_inputs("unet", shapes, batch, frames, torch.float32, torch.device("cpu"), torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        ref = model.unet(*(x[n] for n in UNET_INPUTS))
+    out = backend.unet(*(x[n] for n in UNET_INPUTS))
+    assert out.shape == ref.shape == (batch, frames, 4, 16, 16)
+    err = errors(out, ref)
+    assert err["max_rel"] < RTOL, f"seed {seed}: {err}"
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("frames", [3, 8])
+def test_dqformer_onnxruntime_matches_pytorch(ort_and_model, batch, frames):
+    backend, model, shapes = ort_and_model
+    seed = secrets.randbits(31)
+    x = random_inputs("dqformer", shapes, batch, 8, torch.float32, torch.device("cpu"), torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        ref = model.dqformer(**x, num_frames=frames)
+        full = DQFormerGraph(model.dqformer)(**x)
+    out = backend.dqformer(**x, num_frames=frames)
+    assert out.shape == ref.shape == (batch * frames, full.shape[1], 32)
+    err = errors(out, ref)
+    assert err["max_rel"] < RTOL, f"seed {seed}: {err}"
+
+
+def test_load_pipeline_uses_matching_engines(built):
+    out = built[0]
+    pipe = load_pipeline("tiny-random", backend="auto", engines=str(out))
+    info = pipe.info()["backend"]
+    assert info["name"] == "onnxruntime" and info["requested"] == "auto"
+    assert "tensorrt" in info["skipped"] and info["details"]["providers"] == ["CPUExecutionProvider"]
