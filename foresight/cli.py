@@ -21,7 +21,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from foresight.imaging import contact_sheet, read_image, write_gif, write_png
     from foresight.pipeline import load_pipeline
 
-    pipe = load_pipeline(args.model)
+    pipe = load_pipeline(args.model, backend=args.backend, engines=args.engines)
+    print(f"backend: {pipe.backend_info['name']} ({pipe.backend_info['reason']})")
     context = np.stack([read_image(p) for p in args.frames])
     if len({f.shape for f in context}) > 1:
         raise SystemExit("all --frames must have the same size")
@@ -61,10 +62,61 @@ def cmd_params(args: argparse.Namespace) -> None:
         print(f"{name:>22}: {value:>14,}{share}" if isinstance(value, int) else f"{name:>22}: {value}")
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
+    from foresight.training.recipe import RecipeConfig, run_recipe
+
+    cfg = RecipeConfig(seed=args.seed)
+    overrides = {"episodes": args.episodes}
+    for stage in ("vae", "base", "aid"):
+        steps = getattr(args, f"{stage}_steps")
+        if steps is not None:
+            key = "stage_aid" if stage == "aid" else stage
+            overrides[key] = replace(getattr(cfg, key), steps=steps)
+    cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    start = time.perf_counter()
+    final = run_recipe(cfg, args.out)
+    print(f"trained model in {final} ({(time.perf_counter() - start) / 60:.1f} min this run)")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from foresight.evaluation import VARIANTS, format_table, run_eval, write_report
+
+    variants = tuple(args.variants.split(",")) if args.variants else VARIANTS
+    report = run_eval(args.model, args.episodes, args.seed, variants, steps=args.steps, i3d=args.i3d)
+    print(format_table(report))
+    print(report["fd_note"])
+    if args.json:
+        write_report(report, args.json)
+        print(f"wrote {args.json}")
+
+
+def cmd_ship(args: argparse.Namespace) -> None:
+    from foresight.training.ship import ship
+
+    dest = ship(args.run, args.eval)
+    print(f"shipped {args.run}/aid as the embedded model in {dest}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from sim_bridge.demo import run_demo
+
+    run_demo(args.out, model=args.model, episodes=args.episodes, planner_seeds=args.goals, steps=args.steps)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="foresight", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="the main job: node + simulated episodes + replay + planner, end to end")
+    add_model_arguments(p)
+    p.add_argument("--out", default="demo_out", help="where metrics and media go")
+    p.add_argument("--episodes", type=int, default=3, help="tabletop episodes to replay")
+    p.add_argument("--goals", type=int, default=3, help="planner goals")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("predict", help="predict future frames for context frames + instruction(s)")
     add_model_arguments(p)
@@ -75,7 +127,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance-frame", type=float, default=None)
     p.add_argument("--guidance-text", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backend", choices=("auto", "tensorrt", "onnxruntime", "torch"), default="auto",
+                   help="UNet runtime; auto = best usable of tensorrt > onnxruntime > torch")
+    p.add_argument("--engines", default=None, help="engine folder from export/build_engines.py (default: none, PyTorch)")
     p.set_defaults(func=cmd_predict)
+
+    from foresight.node.server import add_serve_arguments, run_serve
+
+    p = sub.add_parser("serve", help="run the ZeroMQ foresight node")
+    add_serve_arguments(p)
+    p.set_defaults(func=run_serve)
+
+    p = sub.add_parser("train", help="train the embedded model's recipe on the tabletop simulator (resumable)")
+    p.add_argument("--out", required=True, help="run folder; rerun the same command to resume")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--episodes", type=int, default=None, help="training episodes (simulator seeds 0..n-1)")
+    p.add_argument("--vae-steps", type=int, default=None)
+    p.add_argument("--base-steps", type=int, default=None)
+    p.add_argument("--aid-steps", type=int, default=None)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="instruction following, PSNR/SSIM and a Frechet distance on held-out episodes")
+    add_model_arguments(p)
+    p.add_argument("--episodes", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0, help="offset into the evaluation seeds (disjoint from training)")
+    p.add_argument("--variants", default=None, help="comma-separated subset of: aid,aid-paraphrase,base,no-states,no-adapters,no-de")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--i3d", default=None, help="local TorchScript I3D weights for a real FVD")
+    p.add_argument("--json", default=None, help="write the full report here")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("ship", help="package a trained run as the embedded 'tiny' model (fp16, model card)")
+    p.add_argument("--run", required=True, help="the folder `foresight train --out` wrote")
+    p.add_argument("--eval", required=True, help="the JSON report of `foresight eval` on that run")
+    p.set_defaults(func=cmd_ship)
 
     p = sub.add_parser("params", help="parameter counts of AID on the real SVD config (no weights needed)")
     p.add_argument("--num-frames", type=int, default=16)

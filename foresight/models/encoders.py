@@ -25,7 +25,7 @@ class TextEncoder(nn.Module):
     both give `last_hidden_state`. Padding to `max_length` keeps every downstream shape static.
     """
 
-    def __init__(self, path: str | Path, max_length: int, cache_size: int = 1024) -> None:
+    def __init__(self, path: str | Path, max_length: int, cache_size: int = 4096) -> None:
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
 
@@ -45,19 +45,20 @@ class TextEncoder(nn.Module):
     @torch.no_grad()
     def forward(self, sentences: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """-> features (B, max_length, D) float, mask (B, max_length) bool."""
-        missing = list(dict.fromkeys(s for s in sentences if s not in self._cache))
+        found = {s: self._cache[s] for s in sentences if s in self._cache}
+        missing = [s for s in dict.fromkeys(sentences) if s not in found]
         if missing:
             tokens = self.tokenizer(
                 missing, padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
             ).to(self.device)
             out = self.model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
-            for i, sentence in enumerate(missing):
-                self._cache[sentence] = (out[i], tokens.attention_mask[i].bool())
-                if len(self._cache) > self._cache_size:
-                    self._cache.popitem(last=False)
-        for s in sentences:
+            found |= {s: (out[i], tokens.attention_mask[i].bool()) for i, s in enumerate(missing)}
+        for s in sentences:  # least recently used sentences leave the cache first
+            self._cache[s] = found[s]
             self._cache.move_to_end(s)
-        feats, masks = zip(*(self._cache[s] for s in sentences))
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        feats, masks = zip(*(found[s] for s in sentences))
         return torch.stack(feats), torch.stack(masks)
 
     @property

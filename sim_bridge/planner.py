@@ -1,0 +1,308 @@
+"""Goal-image planning with the node as the world model, in the tabletop simulator.
+
+A goal image is made by executing a hidden random task from a random scene. At each decision
+point the planner sends the current frames with several candidate instructions in ONE request,
+picks the candidate whose predicted last frame is closest to the goal, and executes it in the
+simulator; it stops when what it sees matches the goal or the step budget is spent.
+
+Candidates are the feasible tasks of the trained kinds (push, put_on, put_next_to, pick_up; no
+rotate), phrased with the canonical training template; a bounded random subset is offered, with
+the hidden task included at the first step (goals are one task away).
+
+Distance to the goal: every object is found by its colour (`locate_object`) in both images and
+the mean pixel offset is taken; when any object is missing in any prediction or in the goal, all
+candidates of that decision are ranked by pixel MSE instead, so one decision never mixes units.
+Success is judged on the simulator's state, not on pixels: every object within
+`follow_tolerance` of where it stands in the goal scene.
+
+The baseline chooses uniformly at random among the same candidate sets (several trials per goal,
+as it costs no requests), with the same stopping rule and budget.
+
+CLI: python -m sim_bridge.planner --endpoint tcp://127.0.0.1:5555 --seeds N --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from foresight.imaging import contact_sheet, fit_frames, write_gif, write_png
+from foresight.metrics import follow_tolerance
+from foresight.node.client import DEFAULT_ENDPOINT, ForesightClient
+from sim_bridge.instructions import TEMPLATES
+from sim_bridge.replay import NodeGeometry, mean_or_none, atomic_path, write_json
+from sim_bridge.tabletop import (Scene, Task, apply_task, locate_object, random_task, render,
+                                 run_task)
+
+log = logging.getLogger("sim_bridge.planner")  # the same name when run with -m
+
+PLANNER_KINDS = ("push", "put_on", "put_next_to", "pick_up")  # what the model was trained on
+FIRST_SEED = 2_500_000  # goal seeds: disjoint from training (< 1e6), evaluation (1e6+) and demo
+
+
+@dataclass(frozen=True)
+class PlannerConfig:
+    """How the planner searches; stored in its summary."""
+
+    max_candidates: int = 5  # instructions per request (the node takes at most 16)
+    budget: int = 2  # decision steps per goal
+    steps: int | None = None  # sampler steps per request; None: the node's default
+    sample_seed: int = 0  # one noise seed for every candidate: they differ only by instruction
+    random_trials: int = 8  # random-baseline runs per goal
+
+
+@dataclass(frozen=True)
+class Goal:
+    """A start scene, the hidden task that leads to the goal, and the goal as the camera sees it."""
+
+    seed: int
+    scene: Scene
+    task: Task
+    final: Scene
+    image: np.ndarray
+
+
+def observe(scene: Scene, geometry: NodeGeometry) -> np.ndarray:
+    """The camera frame of `scene` at the node's resolution."""
+    side = max(geometry.height, geometry.width)
+    return fit_frames(render(scene, side)[None], geometry.height, geometry.width)[0]
+
+
+def make_goal(seed: int, geometry: NodeGeometry) -> Goal:
+    rng = np.random.default_rng(seed)
+    scene = Scene.random(rng)
+    task = random_task(scene, rng, PLANNER_KINDS)
+    final = apply_task(scene, task)
+    return Goal(seed, scene, task, final, observe(final, geometry))
+
+
+def instruction(task: Task) -> str:
+    """The canonical training template, except for put_next_to, whose canonical sentence does
+    not say which side: there the training template that does, so no two candidates read alike."""
+    if task.kind == "put_next_to":
+        pattern = next(p for p in TEMPLATES["put_next_to"] if "{side}" in p)
+        return pattern.format(obj=task.target, ref=task.ref, side=task.direction)
+    return task.instruction
+
+
+def candidates(scene: Scene, rng: np.random.Generator, limit: int,
+               include: Task | None = None) -> list[Task]:
+    """Up to `limit` feasible tasks of PLANNER_KINDS in a random order, `include` among them."""
+    tasks = [t for t in scene.candidate_tasks() if t.kind in PLANNER_KINDS]
+    others = [t for t in tasks if t != include]
+    chosen = [others[i] for i in rng.permutation(len(others))[: limit - (include is not None)]]
+    if include is not None:
+        chosen.insert(int(rng.integers(len(chosen) + 1)), include)
+    return chosen
+
+
+def object_offsets(frame: np.ndarray, goal: np.ndarray,
+                   colors: dict[str, tuple[int, int, int]]) -> np.ndarray | None:
+    """Pixel distance of each object between `frame` and `goal`, found by colour; None when an
+    object is not found in one of them."""
+    offsets = []
+    for rgb in colors.values():
+        a, b = locate_object(frame, rgb), locate_object(goal, rgb)
+        if a is None or b is None:
+            return None
+        offsets.append(np.hypot(a[0] - b[0], a[1] - b[1]))
+    return np.array(offsets)
+
+
+def rank(finals: np.ndarray, goal: np.ndarray,
+         colors: dict[str, tuple[int, int, int]]) -> tuple[list[float], str]:
+    """Distance of each predicted last frame to the goal, and which measure was used."""
+    offsets = [object_offsets(f, goal, colors) for f in finals]
+    if all(o is not None for o in offsets):
+        return [float(o.mean()) for o in offsets], "object_px"
+    mse = [float(np.mean((f.astype(np.float64) - goal.astype(np.float64)) ** 2)) for f in finals]
+    return mse, "pixel_mse"
+
+
+def reached(scene: Scene, goal: Goal, geometry: NodeGeometry) -> bool:
+    """Ground truth: every object within follow_tolerance pixels of its place in the goal scene."""
+    side = max(geometry.height, geometry.width)
+    tol = follow_tolerance(side) / side
+    return all(np.hypot(o.x - g.x, (o.y - o.z) - (g.y - g.z)) <= tol
+               for o, g in ((scene.object(g.name), g) for g in goal.final.objects))
+
+
+# A policy picks one of the candidate tasks from the context frames; it returns the index and
+# what it wants recorded (e.g. the predictions it compared).
+Policy = Callable[[np.ndarray, list[Task], Goal], tuple[int, dict]]
+
+
+def node_policy(client: ForesightClient, config: PlannerConfig) -> Policy:
+    """Ask the node for every candidate's future in one request; take the closest to the goal."""
+    def choose(context: np.ndarray, tasks: list[Task], goal: Goal) -> tuple[int, dict]:
+        colors = {o.name: o.rgb for o in goal.scene.objects}
+        start = time.perf_counter()
+        preds = client.predict(context, [instruction(t) for t in tasks], steps=config.steps,
+                               seed=[config.sample_seed] * len(tasks))
+        latency = time.perf_counter() - start
+        distances, measure = rank(preds[:, -1], goal.image, colors)
+        index = int(np.argmin(distances))
+        return index, {"distances": distances, "measure": measure, "latency_s": latency,
+                       "predictions": preds}
+    return choose
+
+
+def random_policy(rng: np.random.Generator) -> Policy:
+    def choose(context: np.ndarray, tasks: list[Task], goal: Goal) -> tuple[int, dict]:
+        return int(rng.integers(len(tasks))), {}
+    return choose
+
+
+def pursue(goal: Goal, policy: Policy, geometry: NodeGeometry, config: PlannerConfig,
+           trial: int = 0, record: bool = False) -> dict:
+    """Run `policy` towards `goal` for up to config.budget steps. The candidate sets depend only
+    on (goal seed, trial, step) and the current scene, so every policy sees the same first set.
+    With `record`, the executed frames are rendered and returned for media."""
+    k = geometry.context_frames
+    colors = {o.name: o.rgb for o in goal.scene.objects}
+    tol = follow_tolerance(max(geometry.height, geometry.width))
+    scene = goal.scene
+    history = [observe(scene, geometry)] * k  # the arm rested before the first decision
+    steps: list[dict[str, Any]] = []
+    for step in range(config.budget):
+        seen = object_offsets(history[-1], goal.image, colors)
+        if seen is not None and seen.max() <= tol:
+            break  # the camera shows the goal: stop
+        rng = np.random.default_rng([goal.seed, trial, step])
+        tasks = candidates(scene, rng, config.max_candidates, goal.task if step == 0 else None)
+        if not tasks:
+            break
+        context = np.stack(history[-k:])
+        index, info = policy(context, tasks, goal)
+        task = tasks[index]
+        frames = None
+        if record:
+            side = max(geometry.height, geometry.width)
+            frames = fit_frames(run_task(scene, task, geometry.num_frames, side).frames,
+                                geometry.height, geometry.width)
+        scene = apply_task(scene, task)
+        history += list(frames) if record else [observe(scene, geometry)]
+        steps.append({"candidates": [instruction(t) for t in tasks], "chosen": instruction(task),
+                      "true_task_offered": goal.task in tasks, "chose_true_task": task == goal.task,
+                      "context": context, "frames": frames, **info})
+    return {"seed": goal.seed, "goal_instruction": instruction(goal.task),
+            "success": reached(scene, goal, geometry), "steps": steps}
+
+
+def _plain(step: dict) -> dict:
+    """A step record without its arrays, for JSON."""
+    return {k: v for k, v in step.items() if not isinstance(v, np.ndarray) and v is not None}
+
+
+def write_episode_media(out: Path, goal: Goal, result: dict) -> dict[str, str]:
+    """GIF: executed frames | chosen prediction | goal. PNG: each candidate's prediction per step."""
+    panels, rows = [], []
+    for step in result["steps"]:
+        context, frames = step["context"], step["frames"]
+        chosen = step["predictions"][step["candidates"].index(step["chosen"])]
+        predicted = np.concatenate([context, chosen])
+        for j in range(len(frames)):
+            panels.append(np.concatenate([frames[j], _gap(frames[j]), predicted[j], _gap(frames[j]),
+                                          goal.image], axis=1))
+        rows += [np.concatenate([context, p, goal.image[None]]) for p in step["predictions"]]
+    if not panels:  # goal already seen before any step
+        panels = [np.concatenate([goal.image, _gap(goal.image), goal.image], axis=1)]
+    video = np.stack(panels)
+    scale = max(1, 192 // goal.image.shape[0])
+    name = f"goal_{goal.seed}"
+    with atomic_path(out / f"{name}.gif") as tmp:
+        write_gif(tmp, video, fps=4, scale=scale)
+    media = {"gif": f"{name}.gif"}
+    if rows:
+        with atomic_path(out / f"{name}_candidates.png") as tmp:
+            write_png(tmp, contact_sheet(rows))
+        media["candidates_png"] = f"{name}_candidates.png"
+    return media
+
+
+def _gap(frame: np.ndarray) -> np.ndarray:
+    return np.full((frame.shape[0], 2, 3), 255, np.uint8)
+
+
+def run_planner(client: ForesightClient, seeds: Sequence[int],
+                out_dir: str | os.PathLike | None = None,
+                config: PlannerConfig = PlannerConfig()) -> dict:
+    """Plan towards the goal of each seed with the node, and with random choice among the same
+    candidates; returns (and writes to out_dir/planner_summary.json) the success rates."""
+    if not 1 <= config.max_candidates <= 16:
+        raise ValueError(f"max_candidates must be in 1..16 (one request), "
+                         f"got {config.max_candidates!r}")
+    geometry = NodeGeometry.from_info(client.info())
+    out = None if out_dir is None else Path(out_dir)
+    policy = node_policy(client, config)
+    episodes = []
+    for seed in tqdm(seeds, desc="planner", unit="goal"):
+        goal = make_goal(seed, geometry)
+        result = pursue(goal, policy, geometry, config, record=True)
+        randoms = [pursue(goal, random_policy(np.random.default_rng([seed, trial])), geometry,
+                          config, trial)["success"] for trial in range(config.random_trials)]
+        result["random_success_rate"] = float(np.mean(randoms))
+        if out is not None:
+            result["media"] = write_episode_media(out, goal, result)
+        result["steps"] = [_plain(s) for s in result["steps"]]
+        episodes.append(result)
+    summary = {
+        "node": dataclasses.asdict(geometry), "config": dataclasses.asdict(config),
+        "seeds": list(seeds), "goals": len(episodes),
+        "planner_success_rate": mean_or_none([e["success"] for e in episodes]),
+        "random_success_rate": mean_or_none([e["random_success_rate"] for e in episodes]),
+        "first_step_true_task_rate": mean_or_none([e["steps"][0]["chose_true_task"]
+                                            for e in episodes if e["steps"]]),
+        "episodes": episodes,
+    }
+    if out is not None:
+        write_json(out / "planner_summary.json", summary)
+    return summary
+
+
+def format_table(summary: dict) -> str:
+    """Per-goal outcome and the two success rates, as text."""
+    lines = [f"{'goal seed':>10}  {'planner':>7}  {'random':>6}  steps  goal instruction"]
+    for e in summary["episodes"]:
+        lines.append(f"{e['seed']:>10}  {'yes' if e['success'] else 'no':>7}  "
+                     f"{e['random_success_rate']:>6.2f}  {len(e['steps']):>5}  {e['goal_instruction']}")
+    lines.append(f"success rate: planner {summary['planner_success_rate']:.2f}, random among the "
+                 f"same candidates {summary['random_success_rate']:.2f} "
+                 f"({summary['goals']} goals, {summary['config']['max_candidates']} candidates, "
+                 f"budget {summary['config']['budget']})")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Plan towards simulated goal images with a running foresight node; compare with random."""
+    parser = argparse.ArgumentParser(prog="python -m sim_bridge.planner", description=main.__doc__)
+    parser.add_argument("--endpoint", default=DEFAULT_ENDPOINT, help="node endpoint (%(default)s)")
+    parser.add_argument("--seeds", type=int, default=10, help="number of goals")
+    parser.add_argument("--first-seed", type=int, default=FIRST_SEED, help="seed of the first goal")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the summary and GIFs")
+    parser.add_argument("--candidates", type=int, default=PlannerConfig.max_candidates)
+    parser.add_argument("--budget", type=int, default=PlannerConfig.budget, help="steps per goal")
+    parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: node's)")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    config = PlannerConfig(max_candidates=args.candidates, budget=args.budget, steps=args.steps)
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    with ForesightClient(args.endpoint, timeout_s=args.timeout) as client:
+        summary = run_planner(client, list(seeds), args.out, config)
+    print(format_table(summary))
+    print(f"summary: {args.out / 'planner_summary.json'}; GIFs: {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,425 @@
+"""Offline replay: drive the node with recorded episodes, as a robot controller would, and score it.
+
+For each episode and decision step t the controller sends the K context frames ending at t and
+the instruction, gets the predicted N-K frames back, and compares them with what was recorded.
+
+Which frames are compared (the rule): predicted frame j (j = 0..N-K-1) is taken to show time
+t+1+j at the episode's own frame rate, and is compared with recorded frame t+1+j after fitting
+it to the reply's size (`fit_frames`: scale to cover, centre-crop, as the node does with inputs).
+Decision steps are t = K-1, K-1+S, ... while the whole horizon t+N-K is recorded; an episode
+shorter than N frames gets one step at t = K-1 that compares the T-K frames there are. Simulator
+episodes made for the node have exactly N frames: one step at t = K-1. Instruction following is
+scored where object positions are known (our simulator episodes): the target is found by colour
+in the last compared predicted frame and measured against its recorded position then.
+
+Output folder (resumable: rerun the same command after an interruption):
+
+    replay_config.json            settings and node geometry; a rerun must match them
+    steps/<episode>/t00000.png    predicted frames side by side; written first
+    steps/<episode>/t00000.json   that step's metrics; written last, so it marks the step done
+    episodes/<episode>.json       per-episode summary, written after its media: marks it done
+    media/<episode>.mp4|.gif      side by side per frame: context | predicted | truth
+    media/<episode>.png           contact sheet: per step, context + predicted over context + truth
+    steps.json, steps.csv         every step's metrics
+    summary.json, summary.csv     per episode and overall
+
+Every file is written to a temporary name and renamed into place (os.replace), so a kill at any
+moment leaves either the old complete file or the new complete one.
+
+CLI: python -m sim_bridge.replay --episodes PATH --endpoint tcp://127.0.0.1:5555 --out DIR
+     [--stride S] [--steps N] [--camera C]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import dataclasses
+import importlib.util
+import io
+import json
+import logging
+import math
+import os
+import re
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from foresight.imaging import contact_sheet, fit_frames, read_image, write_gif, write_png
+from foresight.metrics import follow_error, follow_tolerance, psnr, ssim
+from foresight.node.client import DEFAULT_ENDPOINT, ForesightClient
+from sim_bridge.episode import Episode
+
+log = logging.getLogger("sim_bridge.replay")  # the same name when run with -m
+
+CONFIG_FILE = "replay_config.json"
+VIEW_SIDE = 256  # media are upscaled (nearest) until a panel is about this many pixels high
+GAP = 2  # white pixels between side-by-side panels
+STEP_FIELDS = ("episode", "t", "frames_compared", "psnr", "ssim", "follow_error_px", "followed",
+               "latency_s", "instruction")
+EPISODE_FIELDS = ("episode", "decision_steps", "psnr", "ssim", "follow_rate", "follow_error_px",
+                  "skipped")
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """What a replay run asks of the node; stored in the run folder and checked on resume."""
+
+    stride: int | None = None  # frames between decision steps; None: the model's horizon N-K
+    steps: int | None = None  # sampler steps per request; None: the node's default
+    camera: int = 0  # Bridge camera (images<camera>)
+    seed: int = 0  # sampling seed, the same at every step: a rerun predicts the same frames
+    fps: float = 5.0  # media frame rate (BridgeData is recorded at 5 Hz)
+
+
+@dataclass(frozen=True)
+class NodeGeometry:
+    """What the node's `info` handshake says about its clips."""
+
+    model: str
+    height: int
+    width: int
+    num_frames: int  # N
+    context_frames: int  # K
+
+    @classmethod
+    def from_info(cls, info: dict) -> NodeGeometry:
+        height, width = info["size"]
+        card = info.get("model") or {}
+        name = (card.get("card") or {}).get("name") or card.get("name") or "unknown"
+        return cls(str(name), int(height), int(width), int(info["num_frames"]),
+                   int(info["context_frames"]))
+
+    @property
+    def horizon(self) -> int:
+        return self.num_frames - self.context_frames
+
+
+# ---------------------------------------------------------------------------------------------
+# Files: atomic writes
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside `path` (same suffix, hidden name) that replaces it on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: str | os.PathLike, value: Any) -> None:
+    write_text(path, json.dumps(value, indent=1, allow_nan=False) + "\n")
+
+
+def write_csv(path: str | os.PathLike, rows: list[dict], fields: tuple[str, ...]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())
+
+
+def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: float) -> None:
+    """uint8 (T, H, W, 3) RGB as MP4: imageio's ffmpeg plugin (H.264) where installed, else
+    OpenCV's bundled FFmpeg with the MPEG-4 Part 2 codec (mp4v), which plays in VLC, ffplay and
+    browsers' desktop players but not in every web page."""
+    frames = np.pad(frames, ((0, 0), (0, frames.shape[1] % 2), (0, frames.shape[2] % 2), (0, 0)))
+    with atomic_path(path) as tmp:
+        if importlib.util.find_spec("imageio_ffmpeg") is not None:
+            import imageio.v3 as iio
+
+            iio.imwrite(tmp, frames, extension=".mp4", fps=fps, plugin="FFMPEG")
+            return
+        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps,
+                                 (frames.shape[2], frames.shape[1]))
+        if not writer.isOpened():
+            raise OSError(f"OpenCV cannot write MP4 (mp4v) to {tmp}")
+        try:
+            for frame in frames:
+                writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        finally:
+            writer.release()
+
+
+def safe_name(episode_id: str) -> str:
+    """An episode id as one file name ("a/b/traj0" -> "a__b__traj0")."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "__", episode_id).strip("_") or "episode"
+
+
+# ---------------------------------------------------------------------------------------------
+# Steps and scoring
+
+def decision_steps(length: int, geometry: NodeGeometry,
+                   stride: int | None) -> list[tuple[int, int]]:
+    """(t, frames compared) for an episode of `length` frames, by the rule in the module doc."""
+    k, horizon = geometry.context_frames, geometry.horizon
+    stride = horizon if stride is None else stride
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride!r}")
+    if length <= k:
+        return []
+    if length < k + horizon:
+        return [(k - 1, length - k)]
+    return [(t, horizon) for t in range(k - 1, length - horizon, stride)]
+
+
+def fit_point(xy: np.ndarray, src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> np.ndarray:
+    """A pixel-centre (x, y) in a frame of size src_hw, mapped as `fit_frames` maps the frame."""
+    (h, w), (height, width) = src_hw, dst_hw
+    scale = max(height / h, width / w)
+    new_h, new_w = max(height, round(h * scale)), max(width, round(w * scale))
+    left, top = (new_w - width) // 2, (new_h - height) // 2
+    x = (xy[0] + 0.5) * new_w / w - 0.5 - left
+    y = (xy[1] + 0.5) * new_h / h - 0.5 - top
+    return np.array([x, y])
+
+
+def score_step(pred: np.ndarray, episode: Episode, t: int, compared: int) -> dict:
+    """PSNR/SSIM of the first `compared` predicted frames against the recorded ones, and the
+    target's position error in the last of them where the episode knows where objects are."""
+    h, w = pred.shape[1:3]
+    truth = fit_frames(episode.frames[t + 1: t + 1 + compared], h, w)
+    scores: dict[str, Any] = {"psnr": psnr(pred[:compared], truth),
+                              "ssim": ssim(pred[:compared], truth),
+                              "follow_error_px": None, "followed": None}
+    positions, colors, target = episode.object_positions, episode.object_colors, episode.target
+    if positions and colors and target in positions and target in colors:
+        truth_xy = fit_point(positions[target][t + compared], episode.frames.shape[1:3], (h, w))
+        error = follow_error(pred[compared - 1], colors[target], truth_xy)
+        scores["follow_error_px"] = None if math.isinf(error) else error
+        scores["followed"] = bool(error <= follow_tolerance(min(h, w)))
+    return scores
+
+
+def mean_or_none(values: Iterable[float | None]) -> float | None:
+    """Mean of the values that are known (booleans count as 0/1); None when none is."""
+    kept = [v for v in values if v is not None]
+    return float(np.mean(kept)) if kept else None
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+class Replay:
+    """One replay run folder: runs missing steps, keeps finished ones, writes media and tables."""
+
+    def __init__(self, client: ForesightClient, out_dir: str | os.PathLike,
+                 config: ReplayConfig = ReplayConfig()) -> None:
+        self.client = client
+        self.out = Path(out_dir)
+        self.config = config
+        self.geometry = NodeGeometry.from_info(client.info())
+        self._check_config()
+
+    def _check_config(self) -> None:
+        """A run folder belongs to one set of settings: resuming with others would mix results."""
+        current = {"config": dataclasses.asdict(self.config),
+                   "node": dataclasses.asdict(self.geometry)}
+        path = self.out / CONFIG_FILE
+        if path.is_file():
+            stored = json.loads(path.read_text())
+            if stored != current:
+                raise ValueError(f"{self.out} holds a replay with other settings ({stored}); "
+                                 f"now {current}. Use another --out folder.")
+            log.info("resuming the replay in %s", self.out)
+        else:
+            write_json(path, current)
+
+    def run(self, episodes: Iterable[tuple[str, Episode]], total: int | None = None) -> dict:
+        """Replay every episode not yet done; returns the summary (also written to disk)."""
+        records = []
+        names: dict[str, str] = {}
+        bar = tqdm(episodes, total=total, desc="replay", unit="ep")
+        for episode_id, episode in bar:
+            name = safe_name(episode_id)
+            if names.setdefault(name, episode_id) != episode_id:
+                raise ValueError(f"episode ids {names[name]!r} and {episode_id!r} share the "
+                                 f"file name {name!r}")
+            done = self.out / "episodes" / f"{name}.json"
+            if done.is_file():
+                records.append(json.loads(done.read_text()))
+                continue
+            bar.set_postfix_str(episode_id[-40:])
+            records.append(self.replay_episode(episode_id, name, episode))
+        return self.write_summary(records)
+
+    def replay_episode(self, episode_id: str, name: str, episode: Episode) -> dict:
+        steps = decision_steps(len(episode.frames), self.geometry, self.config.stride)
+        record: dict[str, Any] = {"episode": episode_id, "instruction": episode.instruction,
+                                  "num_frames": len(episode.frames),
+                                  "source": episode.meta.get("source"),
+                                  "decision_steps": len(steps), "skipped": None}
+        if not episode.instruction:
+            record["skipped"] = "no instruction"
+        elif not steps:
+            record["skipped"] = f"{len(episode.frames)} frames: no future after K context frames"
+        if record["skipped"]:
+            log.warning("%s skipped: %s", episode_id, record["skipped"])
+            write_json(self.out / "episodes" / f"{name}.json", record)
+            return record
+        results = [self._step(episode_id, name, episode, t, n) for t, n in steps]
+        media = self.write_media(name, episode, steps, [pred for pred, _ in results])
+        step_records = [r for _, r in results]
+        record |= {"psnr": mean_or_none(r["psnr"] for r in step_records),
+                   "ssim": mean_or_none(r["ssim"] for r in step_records),
+                   "follow_rate": mean_or_none(r["followed"] for r in step_records),
+                   "follow_error_px": mean_or_none(r["follow_error_px"] for r in step_records),
+                   "steps": step_records, "media": media}
+        write_json(self.out / "episodes" / f"{name}.json", record)  # last: the episode is done
+        return record
+
+    def _step(self, episode_id: str, name: str, episode: Episode, t: int,
+              compared: int) -> tuple[np.ndarray, dict]:
+        """One decision step, or its stored result when an earlier run finished it."""
+        folder = self.out / "steps" / name
+        png, done = folder / f"t{t:05d}.png", folder / f"t{t:05d}.json"
+        if done.is_file() and png.is_file():
+            strip = read_image(png)
+            pred = np.stack(np.split(strip, self.geometry.horizon, axis=1))
+            return pred, json.loads(done.read_text())
+        k = self.geometry.context_frames
+        start = time.perf_counter()
+        pred = self.client.predict(episode.frames[t - k + 1: t + 1], episode.instruction,
+                                   steps=self.config.steps, seed=self.config.seed)
+        latency = time.perf_counter() - start
+        record = {"episode": episode_id, "t": t, "frames_compared": compared,
+                  "instruction": episode.instruction, "latency_s": latency,
+                  **score_step(pred, episode, t, compared)}
+        with atomic_path(png) as tmp:
+            write_png(tmp, np.concatenate(list(pred), axis=1))
+        write_json(done, record)
+        return pred, record
+
+    def write_media(self, name: str, episode: Episode, steps: list[tuple[int, int]],
+                    preds: list[np.ndarray]) -> dict[str, str]:
+        """Side-by-side video (MP4 and GIF) and a contact sheet for one episode."""
+        h, w = preds[0].shape[1:3]
+        k = self.geometry.context_frames
+        frames, rows = [], []
+        for (t, compared), pred in zip(steps, preds):
+            context = fit_frames(episode.frames[t - k + 1: t + 1], h, w)
+            truth = fit_frames(episode.frames[t + 1: t + 1 + compared], h, w)
+            missing = np.full((len(pred) - compared, h, w, 3), 128, np.uint8)
+            truth_padded = np.concatenate([truth, missing])
+            for j in range(len(pred)):
+                frames.append(_side_by_side([context[-1], pred[j], truth_padded[j]]))
+            rows += [np.concatenate([context, pred]), np.concatenate([context, truth])]
+        video = np.stack(frames)
+        scale = max(1, VIEW_SIDE // h)
+        video = np.repeat(np.repeat(video, scale, axis=1), scale, axis=2)
+        media = self.out / "media"
+        write_mp4(media / f"{name}.mp4", video, self.config.fps)
+        with atomic_path(media / f"{name}.gif") as tmp:
+            write_gif(tmp, video, fps=self.config.fps)
+        with atomic_path(media / f"{name}.png") as tmp:
+            write_png(tmp, contact_sheet(rows))
+        return {kind: f"media/{name}.{kind}" for kind in ("mp4", "gif", "png")}
+
+    def write_summary(self, records: list[dict]) -> dict:
+        steps = [s for r in records for s in r.get("steps", [])]
+        replayed = [r for r in records if not r["skipped"]]
+        overall = {"episodes": len(replayed), "skipped": len(records) - len(replayed),
+                   "decision_steps": len(steps),
+                   "psnr": mean_or_none(s["psnr"] for s in steps),
+                   "ssim": mean_or_none(s["ssim"] for s in steps),
+                   "follow_rate": mean_or_none(s["followed"] for s in steps),
+                   "follow_error_px": mean_or_none(s["follow_error_px"] for s in steps),
+                   "latency_s": mean_or_none(s["latency_s"] for s in steps)}
+        summary = {"node": dataclasses.asdict(self.geometry),
+                   "config": dataclasses.asdict(self.config), "overall": overall,
+                   "episodes": [{k: r.get(k) for k in EPISODE_FIELDS + ("media",)}
+                                for r in records]}
+        write_json(self.out / "steps.json", steps)
+        write_csv(self.out / "steps.csv", steps, STEP_FIELDS)
+        write_json(self.out / "summary.json", summary)
+        write_csv(self.out / "summary.csv", summary["episodes"] + [{"episode": "ALL", **overall}],
+                  EPISODE_FIELDS)
+        return summary
+
+
+def _side_by_side(panels: list[np.ndarray]) -> np.ndarray:
+    h = panels[0].shape[0]
+    gap = np.full((h, GAP, 3), 255, np.uint8)
+    return np.concatenate([p for panel in panels for p in (panel, gap)][:-1], axis=1)
+
+
+def run_replay(client: ForesightClient, episodes: Iterable[tuple[str, Episode]],
+               out_dir: str | os.PathLike, config: ReplayConfig = ReplayConfig(),
+               total: int | None = None) -> dict:
+    """Replay `episodes` ((id, Episode) pairs, any source) through the node behind `client`."""
+    return Replay(client, out_dir, config).run(episodes, total)
+
+
+def format_table(summary: dict) -> str:
+    """The summary as a fixed-width text table, one row per episode and one for all."""
+    def cell(value: Any, digits: int = 2) -> str:
+        if value is None:
+            return "-"
+        return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+    rows = [("episode", "steps", "PSNR", "SSIM", "follow", "err px")]
+    notes = []
+    for r in summary["episodes"]:
+        if r["skipped"]:
+            rows.append((r["episode"], "skipped", "", "", "", ""))
+            notes.append(f"{r['episode']} skipped: {r['skipped']}")
+            continue
+        rows.append((r["episode"], cell(r["decision_steps"]), cell(r["psnr"]), cell(r["ssim"], 3),
+                     cell(r["follow_rate"]), cell(r["follow_error_px"], 1)))
+    o = summary["overall"]
+    rows.append(("ALL", cell(o["decision_steps"]), cell(o["psnr"]), cell(o["ssim"], 3),
+                 cell(o["follow_rate"]), cell(o["follow_error_px"], 1)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(wd) if i == 0 else c.rjust(wd)
+                       for i, (c, wd) in enumerate(zip(r, widths))).rstrip() for r in rows]
+    return "\n".join(lines + notes)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Replay recorded episodes through a running foresight node and score its predictions."""
+    from sim_bridge.readers import find_episodes, read_episodes
+
+    parser = argparse.ArgumentParser(prog="python -m sim_bridge.replay", description=main.__doc__)
+    parser.add_argument("--episodes", type=Path, required=True,
+                        help="an episode (our format or a BridgeData traj folder) or a tree of them")
+    parser.add_argument("--endpoint", default=DEFAULT_ENDPOINT, help="node endpoint (%(default)s)")
+    parser.add_argument("--out", type=Path, required=True, help="run folder; rerun to resume")
+    parser.add_argument("--stride", type=int, default=None,
+                        help="frames between decision steps (default: the model's horizon N-K)")
+    parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: node's)")
+    parser.add_argument("--camera", type=int, default=0, help="BridgeData camera (images<C>)")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    config = ReplayConfig(stride=args.stride, steps=args.steps, camera=args.camera, seed=args.seed)
+    total = len(find_episodes(args.episodes))
+    with ForesightClient(args.endpoint, timeout_s=args.timeout) as client:
+        summary = run_replay(client, read_episodes(args.episodes, args.camera), args.out, config,
+                             total)
+    print(format_table(summary))
+    print(f"metrics: {args.out / 'summary.json'}, {args.out / 'steps.csv'}; "
+          f"media: {args.out / 'media'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""SIGTERM on a real `serve` process: in-flight work is answered, new work refused, exit 0."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import zmq
+
+from foresight.node import wire
+from foresight.node.protocol import ErrorCode
+
+SERVE = (
+    "import argparse, sys\n"
+    "from foresight.node.server import add_serve_arguments, run_serve\n"
+    "parser = argparse.ArgumentParser()\n"
+    "add_serve_arguments(parser)\n"
+    "sys.exit(run_serve(parser.parse_args(sys.argv[1:])))\n"
+)
+STARTUP_S = 120.0
+REPLY_MS = 120_000
+
+
+def test_sigterm_drains_in_flight_work_then_exits_cleanly() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERVE, "--model", "tiny-random", "--bind", "tcp://127.0.0.1:*"],
+        stderr=subprocess.PIPE, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"},  # see test_node_server
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
+    ctx = zmq.Context()
+    try:
+        endpoint, started = None, time.monotonic()
+        while endpoint is None:
+            match = re.search(r"listening on (tcp://\S+)", lines.get(timeout=STARTUP_S - (time.monotonic() - started)))
+            endpoint = match and match.group(1)
+        work, control = ctx.socket(zmq.DEALER), ctx.socket(zmq.DEALER)
+        for socket in (work, control):
+            socket.setsockopt(zmq.LINGER, 0)
+            socket.connect(endpoint)
+        frames = np.zeros((1, 64, 64, 3), np.uint8)
+        for i in range(3):  # full clips: long enough to still be running at SIGTERM
+            work.send(wire.packb({"method": "predict", "id": i, "frames": frames, "instruction": ["a", "b"], "steps": 2}))
+        control.send(wire.packb({"method": "health", "id": "before"}))
+        assert control.poll(REPLY_MS) and wire.unpackb(control.recv())["pending"] >= 1
+
+        proc.send_signal(signal.SIGTERM)
+        status = "ok"
+        while status == "ok":  # until the node has seen the signal
+            control.send(wire.packb({"method": "health", "id": "during"}))
+            assert control.poll(REPLY_MS)
+            status = wire.unpackb(control.recv())["status"]
+        assert status == "draining"
+        control.send(wire.packb({"method": "predict", "id": "late", "frames": frames, "instruction": "x"}))
+        assert control.poll(REPLY_MS)
+        assert wire.unpackb(control.recv())["error"]["code"] == ErrorCode.SHUTTING_DOWN
+
+        replies = []
+        for _ in range(3):
+            assert work.poll(REPLY_MS), "an accepted request was dropped at shutdown"
+            replies.append(wire.unpackb(work.recv()))
+        assert sorted(r["id"] for r in replies) == [0, 1, 2] and all(r["ok"] for r in replies)
+        assert proc.wait(timeout=60) == 0
+        work.close()
+        control.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        ctx.term()
