@@ -2,6 +2,8 @@
 
 import shutil
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -81,3 +83,14 @@ def test_model_folder_round_trip(tmp_path):
 def test_model_folder_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="aid_config.json"):
         load_model_dir(tmp_path)
+
+
+def test_embedded_model_loads_with_its_card():
+    from foresight.pipeline import load_pipeline
+
+    pipe = load_pipeline("tiny")
+    card = pipe.info()["card"]
+    assert card["name"] == "tiny" and "evaluation" in card and card["size_bytes"] <= 25 * 2**20
+    assert (pipe.height, pipe.width, pipe.num_frames, pipe.context_frames) == (64, 64, 8, 1)
+    frames = np.zeros((1, 64, 64, 3), np.uint8)
+    assert pipe.predict(frames, ["push the red block to the left"], steps=2).shape == (1, 7, 64, 64, 3)
