@@ -1,0 +1,30 @@
+"""Smoke test of the bench plumbing: every section once at tiny sizes; the figures are not checked."""
+
+import json
+
+from bench.__main__ import main
+from bench.core import fit_growth
+
+
+def test_fit_growth_names_the_order():
+    assert fit_growth([8, 16, 32], [1.0, 2.0, 4.0]).verdict == "~linear"
+    quadratic = fit_growth([64, 128, 256], [1.0, 4.0, 16.0])
+    assert quadratic.verdict == "~quadratic" and abs(quadratic.per_doubling - 4) < 1e-6
+    steps = fit_growth([4, 8, 16], [1.5, 2.5, 4.5])
+    assert abs(steps.slope_s - 0.25) < 1e-9 and abs(steps.intercept_s - 0.5) < 1e-9
+
+
+def test_quick_bench_writes_table_json_and_plot(tmp_path, capsys):
+    results = main(["--quick", "--model", "tiny-random", "--threads", "1", "--out", str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert "| section | case | median | min - max | result |" in printed
+    assert "torch threads 1, ONNX Runtime intra-op threads 1" in printed
+    for section in ("1 vs diffusers", "2 backends", "3 batching", "4 overhead", "5 scaling (torch, in process)", "6 load"):
+        assert f"| {section} |" in printed
+    assert results["load"]["errors"] == 0
+    assert results["load"]["requests"] == 8
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert saved["diffusers"]["stock"]["median_s"] > 0
+    assert set(saved["scaling"]) == {"base", "frames", "side", "steps"}
+    assert (tmp_path / "bench.png").stat().st_size > 10_000
+    assert (tmp_path / "bench.md").read_text().startswith("Machine:")
