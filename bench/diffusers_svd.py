@@ -21,6 +21,8 @@ from torch import nn
 
 from bench.core import INSTRUCTIONS, Plan, measure
 from bench.node import client, predict
+from foresight.diffusion.edm import karras_sigmas
+from foresight.diffusion.sampling import in_guidance_interval
 from foresight.pipeline import ForesightPipeline, frames_to_tensor
 
 
@@ -51,13 +53,15 @@ def stock_guidance() -> dict[str, float]:
 
 @contextmanager
 def unet_profile(unet: nn.Module) -> Iterator[dict]:
-    """Count and time the calls of a UNet module, and note the batch and context length it sees."""
-    stats = {"calls": 0, "seconds": 0.0, "batch": None, "context_tokens": None}
+    """Count and time the calls of a UNet module, the clip-passes (batch entries) they run, the
+    largest batch and the context length it sees."""
+    stats = {"calls": 0, "seconds": 0.0, "samples": 0, "batch": 0, "context_tokens": None}
     started: list[float] = []
 
     def before(module: nn.Module, args: tuple, kwargs: dict) -> None:
         context = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
-        stats["batch"] = int(args[0].shape[0])
+        stats["samples"] += int(args[0].shape[0])
+        stats["batch"] = max(stats["batch"], int(args[0].shape[0]))
         stats["context_tokens"] = None if context is None else int(context.shape[1])
         started.append(time.perf_counter())
 
@@ -92,6 +96,12 @@ def profile(run: Callable[[], object], unet: nn.Module) -> dict:
                     "per_call_s": stats["seconds"] / max(stats["calls"], 1), "top_ops": top_ops(run)}
 
 
+def guided_steps(pipe: ForesightPipeline, steps: int) -> int:
+    """Steps that run all three guidance branches; the rest run one."""
+    sigmas = karras_sigmas(steps, pipe.model.sigma_min, pipe.model.sigma_max)[:-1]
+    return sum(in_guidance_interval(float(s), pipe.defaults["guidance_interval"]) for s in sigmas)
+
+
 def compare(pipe: ForesightPipeline, stock: StableVideoDiffusionPipeline, endpoints: dict[str, str],
             default_steps: int, plan: Plan) -> dict:
     """Stock pipeline at equal steps against the node (each backend) at equal and at default steps."""
@@ -102,7 +112,8 @@ def compare(pipe: ForesightPipeline, stock: StableVideoDiffusionPipeline, endpoi
     eq = plan.equal_steps
     out = {"height": h, "width": w, "num_frames": n, "equal_steps": eq, "default_steps": default_steps,
            "stock_guidance": stock_guidance(),
-           "node_guidance": {"frame": pipe.defaults["guidance_frame"], "text": pipe.defaults["guidance_text"]}}
+           "node_guidance": {"frame": pipe.defaults["guidance_frame"], "text": pipe.defaults["guidance_text"],
+                             "interval": pipe.defaults["guidance_interval"]}}
     out["stock"] = measure(lambda: run_stock(stock, image, h, w, n, eq), plan.runs, plan.warmup, f"stock SVD pipeline, {eq} steps")
     out["node"] = {}
     for backend, endpoint in endpoints.items():
@@ -110,6 +121,7 @@ def compare(pipe: ForesightPipeline, stock: StableVideoDiffusionPipeline, endpoi
             for steps in dict.fromkeys((eq, default_steps)):
                 t = measure(lambda: predict(node, frames, text, steps), plan.runs, plan.warmup, f"node ({backend}), {steps} steps")
                 out["node"][f"{backend}@{steps}"] = {"backend": backend, "steps": steps, "timing": t,
+                                                      "guided_steps": guided_steps(pipe, steps),
                                                       "ratio_to_stock": t.median / out["stock"].median}
     out["profile"] = {
         "stock": profile(lambda: run_stock(stock, image, h, w, n, eq), stock.unet),

@@ -39,7 +39,8 @@ def diffusers_rows(d: dict) -> list[str]:
     for r in d["node"].values():
         default = " (model default)" if r["steps"] == d["default_steps"] else ""
         limit = 0.8 if r["steps"] == d["equal_steps"] else 0.25
-        rows.append(row(s, f"node via ZeroMQ, {r['backend']}, {r['steps']} steps{default}, 3 branches", r["timing"],
+        branches = f"3 branches on {r['guided_steps']} of {r['steps']} steps, 1 on the rest"
+        rows.append(row(s, f"node via ZeroMQ, {r['backend']}, {r['steps']} steps{default}, {branches}", r["timing"],
                         f"{r['ratio_to_stock']:.2f}x stock ({target(r['ratio_to_stock'], limit, True)})"))
     return rows
 
@@ -139,12 +140,12 @@ def notes(results: dict) -> list[str]:
     st, ours = d["profile"]["stock"], d["profile"]["ours_torch"]
     lines = [
         f"Profile, one request at {d['equal_steps']} steps, PyTorch: stock pipeline {fmt(st['total_s'])} = "
-        f"{st['calls']} UNet calls x {fmt(st['per_call_s'])} (batch {st['batch']}, {st['context_tokens']} context "
-        f"token(s)) + {fmt(st['other_s'])} other; ours {fmt(ours['total_s'])} = {ours['calls']} UNet calls x "
-        f"{fmt(ours['per_call_s'])} (batch {ours['batch']}, {ours['context_tokens']} context tokens, adapters) + "
-        f"{fmt(ours['other_s'])} other (text/vision encoders, DQFormer, VAE). Per UNet call ours costs "
-        f"{ours['per_call_s'] / st['per_call_s']:.2f}x the stock one, of which {ours['batch'] / st['batch']:.2f}x is the "
-        "third guidance branch.",
+        f"{st['calls']} UNet calls x {fmt(st['per_call_s'])} ({st['samples']} clip-passes, {st['context_tokens']} "
+        f"context token(s)) + {fmt(st['other_s'])} other; ours {fmt(ours['total_s'])} = {ours['calls']} UNet calls x "
+        f"{fmt(ours['per_call_s'])} ({ours['samples']} clip-passes: 3 guidance branches inside the guidance interval, "
+        f"1 outside; {ours['context_tokens']} context tokens, adapters) + {fmt(ours['other_s'])} other (text/vision "
+        f"encoders, DQFormer, VAE). Per clip-pass ours costs "
+        f"{(ours['seconds'] / ours['samples']) / (st['seconds'] / st['samples']):.2f}x the stock one.",
         "Top operators by self CPU time (torch.profiler, one request): stock " + _ops(st["top_ops"])
         + "; ours " + _ops(ours["top_ops"]) + ".",
     ]

@@ -84,7 +84,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from foresight.evaluation import VARIANTS, format_table, run_eval, write_report
 
     variants = tuple(args.variants.split(",")) if args.variants else VARIANTS
-    report = run_eval(args.model, args.episodes, args.seed, variants, steps=args.steps, i3d=args.i3d)
+    report = run_eval(args.model, args.episodes, args.seed, variants, steps=args.steps, i3d=args.i3d,
+                      guidance_interval=None if args.guide_every_step else "config")
     print(format_table(report))
     print(report["fd_note"])
     if args.json:
@@ -153,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="offset into the evaluation seeds (disjoint from training)")
     p.add_argument("--variants", default=None, help="comma-separated subset of: aid,aid-paraphrase,base,no-states,no-adapters,no-de")
     p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--guide-every-step", action="store_true",
+                   help="apply guidance at every step, not only in the model's guidance interval")
     p.add_argument("--i3d", default=None, help="local TorchScript I3D weights for a real FVD")
     p.add_argument("--json", default=None, help="write the full report here")
     p.set_defaults(func=cmd_eval)

@@ -51,6 +51,9 @@ class AIDConfig:
     num_frames (N) and context_frames (K) fix the DE query count and the condition mask.
     text_max_length pads instructions and each state description to a fixed token count so
     every exported graph has static shapes.
+    guidance_interval (low, high): apply the two guidance scales only at noise levels
+    low < sigma <= high and run the fully conditioned branch alone elsewhere (Kynkaanniemi et
+    al. 2024, "Applying guidance in a limited interval"); None guides at every step.
     """
 
     height: int = 256
@@ -65,6 +68,7 @@ class AIDConfig:
     steps: int = 25
     guidance_frame: float = 1.5
     guidance_text: float = 3.0
+    guidance_interval: tuple[float, float] | None = None
     train_cross_attention: bool = False
     adapters: AdapterConfig | None = field(default_factory=AdapterConfig)
     dqformer: DQFormerConfig | None = field(default_factory=DQFormerConfig)
@@ -74,6 +78,8 @@ class AIDConfig:
             raise ValueError(
                 f"need 1 <= context_frames < num_frames, got K={self.context_frames}, N={self.num_frames}"
             )
+        if self.guidance_interval is not None and not 0 <= self.guidance_interval[0] < self.guidance_interval[1]:
+            raise ValueError(f"guidance_interval must be (low, high) with 0 <= low < high, got {self.guidance_interval}")
         if self.height % 8 or self.width % 8:
             raise ValueError(f"height and width must be multiples of 8, got {self.height}x{self.width}")
 
@@ -87,6 +93,8 @@ class AIDConfig:
         if unknown:
             raise ValueError(f"unknown AID config keys: {sorted(unknown)}")
         data = dict(data)
+        if data.get("guidance_interval") is not None:
+            data["guidance_interval"] = tuple(data["guidance_interval"])
         adapters, dqformer = data.pop("adapters", {}), data.pop("dqformer", {})
         if adapters is not None:
             adapters = AdapterConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in adapters.items()})

@@ -15,7 +15,7 @@ import json
 import logging
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 import torch
@@ -72,7 +72,8 @@ def variant_pipeline(spec: str, variant: str) -> ForesightPipeline:
 
 
 def evaluate_variant(pipe: ForesightPipeline, episodes: list[Episode], seed: int, batch: int = 8,
-                     steps: int | None = None, i3d: str | None = None) -> dict:
+                     steps: int | None = None, i3d: str | None = None,
+                     guidance_interval: tuple[float, float] | None | Literal["config"] = "config") -> dict:
     """Predict every episode from its first K frames and score the prediction."""
     k = pipe.context_frames
     preds = []
@@ -80,6 +81,7 @@ def evaluate_variant(pipe: ForesightPipeline, episodes: list[Episode], seed: int
         chunk = episodes[start : start + batch]
         frames = np.stack([ep.frames[:k] for ep in chunk])
         preds.append(pipe.predict(frames, [ep.instruction for ep in chunk], steps=steps,
+                                  guidance_interval=guidance_interval,
                                   seed=[seed + start + i for i in range(len(chunk))]))
     preds = np.concatenate(preds)
     truth = np.stack([ep.frames[k:] for ep in episodes])
@@ -111,14 +113,17 @@ def evaluate_variant(pipe: ForesightPipeline, episodes: list[Episode], seed: int
 
 
 def run_eval(spec: str, n: int, seed: int, variants: tuple[str, ...] = VARIANTS, steps: int | None = None,
-             i3d: str | None = None) -> dict:
+             i3d: str | None = None,
+             guidance_interval: tuple[float, float] | None | Literal["config"] = "config") -> dict:
     """Evaluate each variant on simulator seeds EVAL_SEED_START + seed + [0, n)."""
     probe = variant_pipeline(spec, "aid")
     size, frames = probe.height, probe.num_frames
     seeds = range(EVAL_SEED_START + seed, EVAL_SEED_START + seed + n)
     plain = list(tabletop_episodes(seeds, size, frames, EVAL_KINDS))
     reworded = list(tabletop_episodes(seeds, size, frames, EVAL_KINDS, paraphrase=True))
+    interval = probe.defaults["guidance_interval"] if guidance_interval == "config" else guidance_interval
     report = {"model": spec, "seeds": [seeds.start, seeds.stop], "steps": steps or probe.defaults["steps"],
+              "guidance_interval": interval,
               "fd_note": "fd_stats is a Frechet distance on hand-made appearance/motion features, not FVD "
                          "(I3D weights are not available offline; pass --i3d PATH for FVD)",
               "variants": {}}
@@ -126,7 +131,8 @@ def run_eval(spec: str, n: int, seed: int, variants: tuple[str, ...] = VARIANTS,
         logger.info("evaluating %s on %d episodes", variant, n)
         pipe = probe if variant == "aid" else variant_pipeline(spec, variant)
         episodes = reworded if variant == "aid-paraphrase" else plain
-        report["variants"][variant] = evaluate_variant(pipe, episodes, seed, steps=steps, i3d=i3d)
+        report["variants"][variant] = evaluate_variant(pipe, episodes, seed, steps=steps, i3d=i3d,
+                                                       guidance_interval=interval)
     return report
 
 

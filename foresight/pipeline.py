@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
@@ -57,7 +57,8 @@ class ForesightPipeline:
         self.decomposer = decomposer or TemplateDecomposer(cfg.num_states)
         self.height, self.width = cfg.height, cfg.width
         self.num_frames, self.context_frames = cfg.num_frames, cfg.context_frames
-        self.defaults = {"steps": cfg.steps, "guidance_frame": cfg.guidance_frame, "guidance_text": cfg.guidance_text}
+        self.defaults = {"steps": cfg.steps, "guidance_frame": cfg.guidance_frame, "guidance_text": cfg.guidance_text,
+                         "guidance_interval": cfg.guidance_interval}
         self.backend = backend or TorchBackend(model)
         self.backend_info = backend_info or {
             "name": self.backend.name,
@@ -110,6 +111,7 @@ class ForesightPipeline:
         steps: int | None = None,
         guidance_frame: float | None = None,
         guidance_text: float | None = None,
+        guidance_interval: tuple[float, float] | None | Literal["config"] = "config",
         seed: int | Sequence[int] = 0,
         progress: bool = False,
     ) -> np.ndarray:
@@ -117,6 +119,8 @@ class ForesightPipeline:
 
         frames: uint8 (K, H, W, 3) shared by all instructions, or (M, K, H, W, 3) one clip per
         instruction; any size (scaled to cover the model resolution, then centre-cropped).
+        guidance_interval: (low, high) sigma range for guidance, None for every step; by default
+        the model config's ("config").
         seed: one int (sample m uses seed + m) or one per instruction. Noise is drawn per sample,
         so a sample does not depend on the rest of the batch beyond float rounding.
         Returns uint8 (M, num_frames - K, height, width, 3).
@@ -126,6 +130,7 @@ class ForesightPipeline:
         steps = steps or self.defaults["steps"]
         s_v = self.defaults["guidance_frame"] if guidance_frame is None else guidance_frame
         s_t = self.defaults["guidance_text"] if guidance_text is None else guidance_text
+        interval = self.defaults["guidance_interval"] if guidance_interval == "config" else guidance_interval
         frames = self._check(frames, instructions, num_frames)
         m, k = len(instructions), self.context_frames
         seeds = [seed + i for i in range(m)] if isinstance(seed, int) else list(seed)
@@ -145,7 +150,7 @@ class ForesightPipeline:
             frames_to_tensor(frames), instructions, states, num_frames, torch.stack(aug_noise),
             dqformer=self.backend.dqformer,
         )
-        guided = TwoScaleGuidance(self.denoiser, cond, s_v, s_t)
+        guided = TwoScaleGuidance(self.denoiser, cond, s_v, s_t, interval)
         # 3. sample from sigma_max down to 0
         sigmas = karras_sigmas(steps, model.sigma_min, model.sigma_max).to(model.device)
         x = torch.stack(latent_noise).to(model.device, model.dtype) * sigmas[0].to(model.dtype)

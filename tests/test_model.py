@@ -1,6 +1,7 @@
 """Adapters, per-frame conditions and DQFormer on tiny SVD-architecture models."""
 
 import copy
+import json
 
 import pytest
 import torch
@@ -119,12 +120,15 @@ def test_real_config_trainable_share_is_at_most_3_percent():
 
 
 def test_config_round_trip_and_validation():
-    cfg = AIDConfig(num_frames=8, adapters=AdapterConfig(placement=("up",)), dqformer=DQFormerConfig(width=64))
-    assert AIDConfig.from_dict(cfg.to_dict()) == cfg
+    cfg = AIDConfig(num_frames=8, adapters=AdapterConfig(placement=("up",)), dqformer=DQFormerConfig(width=64),
+                    guidance_interval=(0.3, 5.0))
+    assert AIDConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     with pytest.raises(ValueError, match="context_frames"):
         AIDConfig(num_frames=4, context_frames=4)
     with pytest.raises(ValueError, match="unknown"):
         AIDConfig.from_dict({"frames": 3})
+    with pytest.raises(ValueError, match="guidance_interval"):
+        AIDConfig(guidance_interval=(5.0, 0.3))
 
 
 def test_deepcopy_rebinds_adapter_hooks(tiny_svd):

@@ -44,6 +44,30 @@ def test_guidance_with_unit_scales_is_the_full_branch(tiny_model):
     assert (parts[0] - parts[2]).abs().max() > 1e-4, "branches should differ, or the test proves nothing"
 
 
+def test_guidance_interval_runs_the_full_branch_alone_outside_it(tiny_model):
+    guidance, x = _guided(tiny_model, 2.0, 3.0)
+    limited = TwoScaleGuidance(guidance.denoiser, guidance.cond, 2.0, 3.0, interval=(0.5, 4.0))
+    calls = []
+    limited.denoiser.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    with torch.no_grad():
+        inside = torch.full((2,), 4.0)  # the interval's closed upper end
+        torch.testing.assert_close(limited(x, inside), guidance(x, inside))
+        outside = torch.full((2,), 9.0)
+        full = guidance.denoiser(torch.cat([x] * 3), torch.cat([outside] * 3), guidance.cond).chunk(3)[2]
+        torch.testing.assert_close(limited(x, outside), full, atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(guidance(x, outside), full, atol=1e-4)
+    assert calls[0] == 6 and calls[-2] == 2  # 3 branches inside; one pass of 2 clips outside
+
+
+def test_pipeline_guidance_interval_follows_the_config(tiny_model):
+    pipe = ForesightPipeline(tiny_model)
+    frames = np.random.default_rng(0).integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)
+    every = pipe.predict(frames, ["push the red block left"], steps=3, seed=1, guidance_interval=None)
+    assert np.array_equal(every, pipe.predict(frames, ["push the red block left"], steps=3, seed=1))
+    never = pipe.predict(frames, ["push the red block left"], steps=3, seed=1, guidance_interval=(1e-9, 1e-8))
+    assert np.abs(every.astype(int) - never).max() > 0
+
+
 def test_guidance_branches_are_built_as_documented(tiny_model):
     guidance, _ = _guided(tiny_model, 2.0, 3.0)
     cond_u, cond_v, cond_full = guidance.cond.cond_latents.chunk(3)

@@ -53,3 +53,18 @@ def test_condition_dropout_rates():
     assert abs(both - 0.3) < 0.01
     assert abs(drop_text.float().mean().item() - 0.4) < 0.01
     assert abs(drop_frames.float().mean().item() - 0.5) < 0.01
+
+
+def test_vae_scaling_factor_makes_latents_unit_variance():
+    from foresight.loading import build_tiny_svd
+    from foresight.training.data import ClipDataset, tabletop_episodes
+    from foresight.training.recipe import calibrate_scaling_factor
+
+    vae = build_tiny_svd(seed=0).vae.eval()
+    data = ClipDataset(tabletop_episodes(range(6), 64, 8, ("push",)), 8, 64, 64)
+    scale = calibrate_scaling_factor(vae, data)
+    assert vae.config.scaling_factor == scale != 0.18215
+    video, _ = data.batch(torch.arange(len(data)))
+    with torch.no_grad():
+        z = vae.encode(video.flatten(0, 1)).latent_dist.mode() * vae.config.scaling_factor
+    assert abs(z.std().item() - 1.0) < 1e-3

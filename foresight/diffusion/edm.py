@@ -54,15 +54,19 @@ def edm_loss(
     sigma: torch.Tensor,
     noise: torch.Tensor,
     target_frames: slice | None = None,
+    weight_map: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """E[lambda(sigma) ||D(x0 + sigma n; sigma, c) - x0||^2], lambda = (sigma^2 + 1) / sigma^2.
 
-    target_frames restricts the loss to the frames to predict (the context frames are given).
+    target_frames restricts the loss to the frames to predict (the context frames are given);
+    weight_map (broadcastable to x0) weights latent pixels.
     """
     s = sigma.to(x0.dtype).view(-1, 1, 1, 1, 1)
     denoised = denoiser(x0 + s * noise, sigma, cond)
     weight = (s**2 + 1) / s**2
     err = weight * (denoised - x0) ** 2
+    if weight_map is not None:
+        err = err * weight_map
     if target_frames is not None:
         err = err[:, target_frames]
     return err.mean()

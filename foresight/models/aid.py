@@ -30,6 +30,9 @@ class Conditions:
     context: torch.Tensor
     added_time_ids: torch.Tensor
 
+    def branch(self, index: int, count: int) -> Conditions:
+        """The index-th of `count` equal groups of clips stacked along the batch."""
+        return Conditions(*(t.chunk(count)[index] for t in (self.cond_latents, self.context, self.added_time_ids)))
 
 
 class AIDModel(nn.Module):

@@ -38,12 +38,17 @@ def aid_loss(
     latents: tuple[torch.Tensor, torch.Tensor] | None = None,
     p_mean: float = 0.7,
     p_std: float = 1.6,
+    motion_weight: float = 0.0,
 ) -> torch.Tensor:
     """Loss for a batch of clips; video (B, N, 3, H, W) in [-1, 1], the first K frames are context.
 
     latents: optionally the precomputed (diffusion latents (B, N, 4, h, w), noise-augmented
     context latents (B, K, 4, h, w)); the frozen VAE then never runs in the training loop.
     Gradients reach only `model.trainable_parameters()`: the UNet, VAE and encoders are frozen.
+    motion_weight: extra weight on latent pixels that change from the first frame, up to
+    1 + motion_weight where they change by 1 (unit-variance latents) or more. What the
+    instruction decides (which object moves, and where) covers a few percent of a frame; the
+    plain loss is dominated by the static scene.
     """
     b, k = video.shape[0], model.config.context_frames
     video = video.to(model.device, model.dtype)
@@ -56,7 +61,11 @@ def aid_loss(
                             context_latents=context_latents)
     sigma = sample_training_sigmas(b, generator, p_mean, p_std).to(model.device)
     noise = torch.randn(x0.shape, generator=generator).to(x0)
-    return edm_loss(Denoiser(model.unet), x0, cond, sigma, noise, target_frames=slice(k, None))
+    weight_map = None
+    if motion_weight:
+        weight_map = 1 + motion_weight * (x0 - x0[:, :1]).abs().mean(2, keepdim=True).clamp(max=1.0)
+    return edm_loss(Denoiser(model.unet), x0, cond, sigma, noise, target_frames=slice(k, None),
+                    weight_map=weight_map)
 
 
 def make_optimizer(model: AIDModel, lr: float = 1e-4, weight_decay: float = 0.01) -> torch.optim.Optimizer:

@@ -45,6 +45,18 @@ class StageConfig:
 
 
 @dataclass(frozen=True)
+class NoiseLevels:
+    """Training noise levels, log(sigma) ~ N(p_mean, p_std^2), for unit-variance latents.
+
+    SVD's (0.7, 1.6) suits 72x128 latents; at 16x16 the same sigma hides far more of a frame, so
+    the tiny model trains lower, near EDM's image default (-1.2, 1.2), where object layout forms.
+    """
+
+    p_mean: float = -0.4
+    p_std: float = 1.4
+
+
+@dataclass(frozen=True)
 class RecipeConfig:
     """Sizes chosen so the whole recipe fits in one hour on 2 CPU cores.
 
@@ -70,7 +82,8 @@ class RecipeConfig:
         context_frames=1,
         num_states=4,
         text_max_length=24,
-        steps=16,
+        steps=8,
+        guidance_interval=(0.3, 5.0),
         guidance_frame=1.5,
         guidance_text=3.0,
         train_cross_attention=True,
@@ -78,9 +91,11 @@ class RecipeConfig:
         dqformer=DQFormerConfig(width=64, text_dim=384, vision_dim=64, layers=2, heads=4, tokens_per_frame=8),
     )
     vae: StageConfig = StageConfig(steps=800, batch=2, lr=1e-3)
-    base: StageConfig = StageConfig(steps=1000, batch=8, lr=5e-4)
-    stage_aid: StageConfig = StageConfig(steps=1100, batch=8, lr=5e-4)
+    base: StageConfig = StageConfig(steps=1600, batch=8, lr=5e-4)
+    stage_aid: StageConfig = StageConfig(steps=1300, batch=8, lr=1e-3)
     dropout: DropoutConfig = DropoutConfig(text=0.1, frames=0.05, both=0.05)
+    noise: NoiseLevels = NoiseLevels()
+    aid_motion_weight: float = 3.0  # see aid_loss; the base stage trains on the plain loss
     checkpoint_every_s: float = 120.0
 
     def base_config(self) -> AIDConfig:
@@ -203,6 +218,22 @@ def encode_dataset(cfg: RecipeConfig, data: ClipDataset, out: Path) -> tuple[tor
     return latents
 
 
+@torch.no_grad()
+def calibrate_scaling_factor(vae, data: ClipDataset, clips: int = 256) -> float:
+    """Set the VAE's scaling_factor to 1 / std of its latents, as Stable Diffusion chose 0.18215.
+
+    SVD's EDM preconditioning assumes unit-variance latents (sigma_data = 1). Keeping 0.18215 on
+    a VAE trained here left latents with std 0.22: most training noise levels then hid the
+    frames completely and the text had nothing left to decide.
+    """
+    video, _ = data.batch(torch.arange(min(clips, len(data))))
+    z = torch.cat([vae.encode(chunk.flatten(0, 1)).latent_dist.mode() for chunk in video.split(32)])
+    scale = float(1.0 / z.std())
+    vae.register_to_config(scaling_factor=scale)
+    logger.info("vae: latent std %.4f, scaling_factor set to %.4f", z.std().item(), scale)
+    return scale
+
+
 def train_vae(cfg: RecipeConfig, data: ClipDataset, out: Path):
     svd = build_tiny_svd(cfg.svd, seed=cfg.seed)
     vae = svd.vae.train()
@@ -218,7 +249,8 @@ def train_vae(cfg: RecipeConfig, data: ClipDataset, out: Path):
 
     stats = run_stage("vae", out, cfg.vae, {"vae": vae}, list(vae.parameters()), loss_fn, cfg.seed + 1,
                       cfg.checkpoint_every_s)
-    vae.eval().save_pretrained(out / "vae")
+    stats["scaling_factor"] = calibrate_scaling_factor(vae.eval(), data)
+    vae.save_pretrained(out / "vae")
     return stats
 
 
@@ -237,7 +269,8 @@ def train_base(cfg: RecipeConfig, data: ClipDataset, out: Path):
 
     def loss_fn(g: torch.Generator) -> torch.Tensor:
         video, instructions, lat = _sample_with_latents(data, latents, cfg.base.batch, g)
-        return aid_loss(model, video, instructions, [[]] * len(instructions), dropout, g, latents=lat)
+        return aid_loss(model, video, instructions, [[]] * len(instructions), dropout, g, latents=lat,
+                        p_mean=cfg.noise.p_mean, p_std=cfg.noise.p_std)
 
     stats = run_stage("base", out, cfg.base, {"unet": unet, "vision": vision}, params, loss_fn, cfg.seed + 2,
                       cfg.checkpoint_every_s)
@@ -259,7 +292,8 @@ def train_aid(cfg: RecipeConfig, data: ClipDataset, out: Path):
     def loss_fn(g: torch.Generator) -> torch.Tensor:
         video, instructions, lat = _sample_with_latents(data, latents, cfg.stage_aid.batch, g)
         states = [decomposer(s) for s in instructions]
-        return aid_loss(model, video, instructions, states, cfg.dropout, g, latents=lat)
+        return aid_loss(model, video, instructions, states, cfg.dropout, g, latents=lat,
+                        p_mean=cfg.noise.p_mean, p_std=cfg.noise.p_std, motion_weight=cfg.aid_motion_weight)
 
     stats = run_stage("aid", out, cfg.stage_aid, modules, params, loss_fn, cfg.seed + 3, cfg.checkpoint_every_s)
     model.eval()
