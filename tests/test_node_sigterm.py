@@ -49,7 +49,7 @@ def test_sigterm_drains_in_flight_work_then_exits_cleanly() -> None:
             socket.connect(endpoint)
         frames = np.zeros((1, 64, 64, 3), np.uint8)
         for i in range(3):
-            work.send(wire.packb({"method": "predict", "id": i, "frames": frames, "instruction": ["a", "b"], "steps": 200}))
+            work.send(wire.packb({"method": "predict", "id": i, "frames": frames, "instruction": ["a", "b"], "steps": 20}))
         pending, deadline = 0, time.monotonic() + 30
         # Signal only while one request runs and another still waits: the queued one needs a whole
         # run, so the node is still draining when it answers the health checks below. (Signalling
