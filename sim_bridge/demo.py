@@ -72,7 +72,7 @@ def running_node(model: str, log_path: Path,
 
 def _wait_ready(proc: subprocess.Popen, endpoint: str, log_path: Path, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
-    with ForesightClient(endpoint, timeout_s=1.0, retries=0) as probe:
+    with _quiet_client_log(), ForesightClient(endpoint, timeout_s=1.0, retries=0) as probe:
         while True:
             if proc.poll() is not None:
                 tail = log_path.read_text(errors="replace").splitlines()[-15:]
@@ -85,6 +85,18 @@ def _wait_ready(proc: subprocess.Popen, endpoint: str, log_path: Path, timeout_s
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"the node at {endpoint} did not answer within "
                                        f"{timeout_s:.0f} s (see {log_path})") from exc
+
+
+@contextlib.contextmanager
+def _quiet_client_log() -> Iterator[None]:
+    """Unanswered probes are expected while the node loads; the client would warn about each."""
+    client_log = logging.getLogger("foresight.node.client")
+    level = client_log.level
+    client_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        client_log.setLevel(level)
 
 
 def _stop(proc: subprocess.Popen) -> None:
