@@ -12,7 +12,6 @@ import threading
 import time
 
 import numpy as np
-import pytest
 import zmq
 
 from foresight.node import wire

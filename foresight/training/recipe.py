@@ -228,9 +228,10 @@ def calibrate_scaling_factor(vae, data: ClipDataset, clips: int = 256) -> float:
     """
     video, _ = data.batch(torch.arange(min(clips, len(data))))
     z = torch.cat([vae.encode(chunk.flatten(0, 1)).latent_dist.mode() for chunk in video.split(32)])
-    scale = float(1.0 / z.std())
+    std = z.std().item()
+    scale = 1.0 / std
     vae.register_to_config(scaling_factor=scale)
-    logger.info("vae: latent std %.4f, scaling_factor set to %.4f", z.std().item(), scale)
+    logger.info("vae: latent std %.4f, scaling_factor set to %.4f", std, scale)
     return scale
 
 
