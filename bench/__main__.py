@@ -20,6 +20,7 @@ from typing import Iterator
 from bench import backends, diffusers_svd, node, report, scaling
 from bench.core import IDLE_CORES, OtherLoad, Plan, machine_info, set_threads
 from bench.models import ModelSource, default_model
+from foresight.node.process import running_node
 from foresight.pipeline import ForesightPipeline
 
 log = logging.getLogger("bench")
@@ -49,8 +50,8 @@ def section(name: str, loads: dict[str, float]) -> Iterator[None]:
         log.warning("other processes kept %.2f cores busy during %s: its figures are skewed", meter.cores, name)
 
 
-def run(spec: str, plan: Plan, threads: int, device: str) -> dict:
-    """Every section; returns the results (Timing objects inside)."""
+def run(spec: str, plan: Plan, threads: int, device: str, out: Path) -> dict:
+    """Every section; returns the results (Timing objects inside). The nodes' logs go to `out`."""
     source = ModelSource.of(spec)
     model = source.load(device)
     cfg = model.config
@@ -71,7 +72,12 @@ def run(spec: str, plan: Plan, threads: int, device: str) -> dict:
         torch_pipe = ForesightPipeline(model)
         engine_pipe = ForesightPipeline(model, backend=engine, backend_info=engine_info)
         results["node_backend"] = engine.name  # the node as deployed: the best backend it can load
-        with node.running_node(torch_pipe) as torch_node, node.running_node(engine_pipe) as engine_node:
+        serve = ["--device", device, "--threads", str(threads)]
+        with running_node(spec, out / "node-torch.log", [*serve, "--backend", "torch"]) as torch_node, \
+                running_node(spec, out / f"node-{engine.name}.log",
+                             [*serve, "--backend", engine.name, "--engines", str(engines)]) as engine_node:
+            node.check_backend(torch_node, "torch")
+            node.check_backend(engine_node, engine.name)
             with section("1 vs diffusers", loads):
                 results["diffusers"] = diffusers_svd.compare(
                     torch_pipe, source.stock_pipeline(device), {"torch": torch_node, engine.name: engine_node},
@@ -96,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
     plan = Plan.quick() if args.quick else Plan()
     spec = args.model or default_model()
     start = time.perf_counter()
-    results = run(spec, plan, args.threads, args.device)
+    results = run(spec, plan, args.threads, args.device, args.out)
     results["wall_s"] = time.perf_counter() - start
     paths = report.write(results, args.out)
     print()

@@ -1,7 +1,9 @@
 """The node as a robot sees it: overhead of a request, batching, and many clients at once.
 
-The node runs in a thread of this process (tcp loopback, REQ clients), so it shares the
-machine and the thread settings with the in-process calls it is compared against.
+The nodes run as `foresight serve` child processes (tcp loopback, REQ clients), as a robot
+meets them, with the same thread count as the in-process calls they are compared against. A
+node in a thread of this process would be slowed by a second OpenMP pool (see
+foresight.node.server.run_serve).
 """
 
 from __future__ import annotations
@@ -10,35 +12,27 @@ import statistics
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from typing import Iterator
 
 import numpy as np
 
 from bench.core import CAMERA_SIZE, INSTRUCTIONS, Plan, Timing, measure, random_frames
 from foresight.node.client import ForesightClient
 from foresight.node.protocol import NodeError
-from foresight.node.server import NodeServer, ServerConfig
 from foresight.pipeline import ForesightPipeline
 
 CLIENT_TIMEOUT_S = 900.0  # a loaded CPU can take minutes; a retry would only double-count a request
 
 
-@contextmanager
-def running_node(pipe: ForesightPipeline) -> Iterator[str]:
-    """A node on a free loopback port, served from a thread; yields its endpoint."""
-    server = NodeServer(pipe, ServerConfig(bind="tcp://127.0.0.1:*"))
-    thread = threading.Thread(target=server.run, name="bench-node", daemon=True)
-    thread.start()
-    try:
-        yield server.endpoint
-    finally:
-        server.stop()
-        thread.join()
-
-
 def client(endpoint: str) -> ForesightClient:
     return ForesightClient(endpoint, timeout_s=CLIENT_TIMEOUT_S, retries=0)
+
+
+def check_backend(endpoint: str, expected: str) -> None:
+    """Refuse to measure a node that fell back to another backend (e.g. engines refused)."""
+    with client(endpoint) as node:
+        info = node.info()["backend"]
+    if info["name"] != expected:
+        raise RuntimeError(f"the node at {endpoint} runs {info['name']}, not {expected}: {info.get('skipped')}")
 
 
 def predict(node: ForesightClient, frames: np.ndarray, instructions: list[str], steps: int, seed: int = 0) -> dict:

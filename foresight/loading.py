@@ -107,6 +107,9 @@ class TinySVDConfig:
     """Sizes of a small SVD-architecture model (same classes as the real one).
 
     vae_channels: one entry per VAE level; the VAE downsamples by 2 ** (levels - 1).
+    sigma_max: where the scheduler's (and our sampler's) Karras schedule starts. SVD's 700 suits
+    its latents; small unit-variance latents are pure noise long before, and a high start spends
+    the few steps of a short schedule where nothing is decided.
     """
 
     unet_channels: tuple[int, ...] = (32, 64)
@@ -119,6 +122,7 @@ class TinySVDConfig:
     image_encoder_layers: int = 1
     image_size: int = 32
     patch_size: int = 8
+    sigma_max: float = 700.0
 
 
 def build_tiny_svd(config: TinySVDConfig = TinySVDConfig(), seed: int = 0) -> SVDComponents:
@@ -163,7 +167,7 @@ def build_tiny_svd(config: TinySVDConfig = TinySVDConfig(), seed: int = 0) -> SV
         prediction_type="v_prediction",
         use_karras_sigmas=True,
         sigma_min=0.002,
-        sigma_max=700.0,
+        sigma_max=config.sigma_max,
         timestep_type="continuous",
         interpolation_type="linear",
     )

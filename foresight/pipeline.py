@@ -14,7 +14,7 @@ from typing import Literal, Sequence
 import numpy as np
 import torch
 
-from engines import Backend, load_backend
+from engines import Backend, OrtOptions, load_backend
 from engines.torch_backend import TorchBackend
 from foresight.diffusion.edm import Denoiser, karras_sigmas
 from foresight.diffusion.sampling import TwoScaleGuidance, sample_euler
@@ -171,14 +171,20 @@ def load_pipeline(
     dtype: torch.dtype = torch.float32,
     backend: str = "auto",
     engines: str | None = None,
+    threads: int = 0,
 ) -> ForesightPipeline:
     """'tiny', 'tiny-random' or a model folder -> a ready pipeline on `device`.
 
     backend: "auto" | "tensorrt" | "onnxruntime" | "torch"; engines: an engine folder from
     export/build_engines.py. Engines that do not match the model are refused and logged, and the
     next backend is used (see engines.select); engines=None means PyTorch.
+    threads: CPU threads for PyTorch and ONNX Runtime alike; 0 keeps each runtime's default.
     """
+    if threads < 0:
+        raise ValueError(f"threads must be >= 0, got {threads}")
+    if threads:
+        torch.set_num_threads(threads)
     model, card = load_model(spec, dtype=dtype)
     model = model.to(device)
-    runner, info = load_backend(model, backend, engines)
+    runner, info = load_backend(model, backend, engines, ort_options=OrtOptions(intra_op_threads=threads))
     return ForesightPipeline(model, card, backend=runner, backend_info=info)

@@ -8,6 +8,7 @@ import subprocess
 
 import pytest
 
+from foresight.node import process
 from sim_bridge import demo
 from test_replay import Echo
 
@@ -33,7 +34,7 @@ def children(monkeypatch) -> list[subprocess.Popen]:
             super().__init__(*args, **kwargs)
             started.append(self)
 
-    monkeypatch.setattr(demo.subprocess, "Popen", Recorded)
+    monkeypatch.setattr(process.subprocess, "Popen", Recorded)
     return started
 
 
@@ -50,7 +51,7 @@ def test_demo_end_to_end_with_tiny_random(tmp_path, children, capsys):
 
 
 def test_node_stops_when_the_demo_fails(tmp_path, children, monkeypatch):
-    monkeypatch.setattr(demo, "SERVE_PROGRAM", ECHO_NODE)
+    monkeypatch.setattr(process, "SERVE_PROGRAM", ECHO_NODE)
 
     def broken_replay(*args, **kwargs):
         raise RuntimeError("replay broke")
@@ -62,7 +63,7 @@ def test_node_stops_when_the_demo_fails(tmp_path, children, monkeypatch):
 
 
 def test_node_that_dies_at_start_is_reported(tmp_path, children, monkeypatch):
-    monkeypatch.setattr(demo, "SERVE_PROGRAM", "raise SystemExit('no such model')")
+    monkeypatch.setattr(process, "SERVE_PROGRAM", "raise SystemExit('no such model')")
     with pytest.raises(RuntimeError, match="no such model"):
         demo.run_demo(tmp_path, model="missing")
     assert children[0].poll() == 1

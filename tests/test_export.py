@@ -110,3 +110,15 @@ def test_load_pipeline_uses_matching_engines(built):
     info = pipe.info()["backend"]
     assert info["name"] == "onnxruntime" and info["requested"] == "auto"
     assert "tensorrt" in info["skipped"] and info["details"]["providers"] == ["CPUExecutionProvider"]
+
+
+def test_load_pipeline_threads_reach_onnxruntime_and_torch(built):
+    before = torch.get_num_threads()
+    try:
+        pipe = load_pipeline("tiny-random", backend="onnxruntime", engines=str(built[0]), threads=1)
+        assert pipe.info()["backend"]["details"]["intra_op_threads"] == 1
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ValueError, match="threads must be >= 0"):
+        load_pipeline("tiny-random", threads=-1)

@@ -15,15 +15,9 @@ import numpy as np
 import zmq
 
 from foresight.node import wire
+from foresight.node.process import SERVE_PROGRAM
 from foresight.node.protocol import ErrorCode
 
-SERVE = (
-    "import argparse, sys\n"
-    "from foresight.node.server import add_serve_arguments, run_serve\n"
-    "parser = argparse.ArgumentParser()\n"
-    "add_serve_arguments(parser)\n"
-    "sys.exit(run_serve(parser.parse_args(sys.argv[1:])))\n"
-)
 STARTUP_S = 120.0
 REPLY_MS = 120_000
 
@@ -31,7 +25,7 @@ REPLY_MS = 120_000
 def test_sigterm_drains_in_flight_work_then_exits_cleanly() -> None:
     proc = subprocess.Popen(
         # --max-batch 2: each 2-instruction request runs alone, so queued work is visible as pending
-        [sys.executable, "-c", SERVE, "--model", "tiny-random", "--bind", "tcp://127.0.0.1:*", "--max-batch", "2"],
+        [sys.executable, "-c", SERVE_PROGRAM, "--model", "tiny-random", "--bind", "tcp://127.0.0.1:*", "--max-batch", "2"],
         stderr=subprocess.PIPE, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"},  # see test_node_server
     )
     lines: queue.Queue[str] = queue.Queue()

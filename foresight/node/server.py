@@ -566,6 +566,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bind", default=DEFAULT_BIND, help="ZeroMQ endpoint to bind (default %(default)s)")
     parser.add_argument("--backend", default=None, help="auto | tensorrt | onnxruntime | torch (default: the pipeline's)")
     parser.add_argument("--engines", default=None, help="folder of exported engines (export/build_engines.py)")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda[:N] for the GPU backends")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads for PyTorch and ONNX Runtime (default 0: each runtime's own)")
     parser.add_argument("--max-message-mb", type=float, default=DEFAULT_MAX_MESSAGE_BYTES / 2**20,
                         help="larger messages are refused by ZeroMQ (peer disconnected)")
     parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, help="samples per model call")
@@ -580,6 +583,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     choices = {key: value for key, value in (("backend", args.backend), ("engines", args.engines)) if value is not None}
+    choices |= {"device": args.device, "threads": args.threads}
     # Load on a short-lived thread so the main thread never owns an OpenMP pool. Pools are per
     # thread: with one on the main thread and one on the inference thread, libgomp counts more
     # threads than cores and throttles its spin-waiting, and every small op pays a wake-up
