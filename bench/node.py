@@ -30,7 +30,7 @@ def client(endpoint: str) -> ForesightClient:
 def check_backend(endpoint: str, expected: str) -> None:
     """Refuse to measure a node that fell back to another backend (e.g. engines refused)."""
     with client(endpoint) as node:
-        info = node.info()["backend"]
+        info = node.info()["model"]["backend"]
     if info["name"] != expected:
         raise RuntimeError(f"the node at {endpoint} runs {info['name']}, not {expected}: {info.get('skipped')}")
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -163,25 +164,33 @@ def test_error_reply_raises_with_code(pipe, node) -> None:
     assert info.value.code == ErrorCode.BAD_INSTRUCTION
 
 
-def test_deadline_expired_while_queued_gives_timeout(pipe) -> None:
+@contextmanager
+def held_at_gate(pipe) -> Iterator[tuple[threading.Event, Wrapped, zmq.Socket]]:
+    """A node whose worker waits for `gate` before every model call, and a DEALER socket to it."""
     gate = threading.Event()
     held = Wrapped(pipe, before=lambda instructions: gate.wait(TIMEOUT_S))
-    frames = frames_for(pipe)
     with Running(held) as server:
         socket = dealer(zmq.Context.instance(), server.endpoint)
         try:
-            socket.send(wire.packb({"method": "predict", "id": "first", "frames": frames, "instruction": "a", **FAST}))
-            time.sleep(0.2)  # the worker now holds "first" at the gate
-            socket.send(wire.packb({"method": "predict", "id": "late", "frames": frames, "instruction": "b",
-                                    "deadline": time.time() + 0.2, **FAST}))
-            socket.send(wire.packb({"method": "predict", "id": "past", "frames": frames, "instruction": "c",
-                                    "deadline": time.time() - 1, **FAST}))
-            assert recv(socket)["error"]["code"] == ErrorCode.TIMEOUT  # "past" is refused on arrival
-            time.sleep(0.4)
-            gate.set()
-            replies = {r["id"]: r for r in (recv(socket), recv(socket))}
+            yield gate, held, socket
         finally:
+            gate.set()
             socket.close()
+
+
+def test_deadline_expired_while_queued_gives_timeout(pipe) -> None:
+    frames = frames_for(pipe)
+    with held_at_gate(pipe) as (gate, held, socket):
+        socket.send(wire.packb({"method": "predict", "id": "first", "frames": frames, "instruction": "a", **FAST}))
+        time.sleep(0.2)  # the worker now holds "first" at the gate
+        socket.send(wire.packb({"method": "predict", "id": "late", "frames": frames, "instruction": "b",
+                                "deadline": time.time() + 0.2, **FAST}))
+        socket.send(wire.packb({"method": "predict", "id": "past", "frames": frames, "instruction": "c",
+                                "deadline": time.time() - 1, **FAST}))
+        assert recv(socket)["error"]["code"] == ErrorCode.TIMEOUT  # "past" is refused on arrival
+        time.sleep(0.4)
+        gate.set()
+        replies = {r["id"]: r for r in (recv(socket), recv(socket))}
     assert replies["first"]["ok"]
     assert replies["late"]["error"]["code"] == ErrorCode.TIMEOUT and "queued" in replies["late"]["error"]["message"]
     assert held.calls == [["a"]]
@@ -200,22 +209,16 @@ def test_model_exception_answers_model_error_then_serves(pipe) -> None:
 
 
 def test_compatible_requests_share_one_model_call(pipe) -> None:
-    gate = threading.Event()
-    held = Wrapped(pipe, before=lambda instructions: gate.wait(TIMEOUT_S))
     frames = frames_for(pipe)
-    with Running(held) as server:
-        socket = dealer(zmq.Context.instance(), server.endpoint)
-        try:
-            socket.send(wire.packb({"method": "predict", "id": 0, "frames": frames, "instruction": "hold", **FAST}))
-            time.sleep(0.2)
-            for i, steps in [(1, 1), (2, 1), (3, 2)]:  # 1 and 2 batch together; 3 differs in steps
-                socket.send(wire.packb({"method": "predict", "id": i, "frames": frames_for(pipe, seed=i),
-                                        "instruction": [f"r{i}a", f"r{i}b"], "steps": steps, "num_frames": 2}))
-            time.sleep(0.2)
-            gate.set()
-            replies = {r["id"]: r for r in (recv(socket) for _ in range(4))}
-        finally:
-            socket.close()
+    with held_at_gate(pipe) as (gate, held, socket):
+        socket.send(wire.packb({"method": "predict", "id": 0, "frames": frames, "instruction": "hold", **FAST}))
+        time.sleep(0.2)
+        for i, steps in [(1, 1), (2, 1), (3, 2)]:  # 1 and 2 batch together; 3 differs in steps
+            socket.send(wire.packb({"method": "predict", "id": i, "frames": frames_for(pipe, seed=i),
+                                    "instruction": [f"r{i}a", f"r{i}b"], "steps": steps, "num_frames": 2}))
+        time.sleep(0.2)
+        gate.set()
+        replies = {r["id"]: r for r in (recv(socket) for _ in range(4))}
     assert held.calls == [["hold"], ["r1a", "r1b", "r2a", "r2b"], ["r3a", "r3b"]]
     assert replies[1]["timing"]["batch"] == 4 and replies[3]["timing"]["batch"] == 2
     alone = pipe.predict(frames_for(pipe, seed=2), ["r2a", "r2b"], **FAST)

@@ -1,5 +1,7 @@
 """EDM preconditioning, the Euler sampler, two-scale guidance and the pipeline's determinism."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -59,13 +61,17 @@ def test_guidance_interval_runs_the_full_branch_alone_outside_it(tiny_model):
     assert calls[0] == 6 and calls[-2] == 2  # 3 branches inside; one pass of 2 clips outside
 
 
-def test_pipeline_guidance_interval_follows_the_config(tiny_model):
+def test_pipeline_guidance_interval_follows_the_config(tiny_model, monkeypatch):
     pipe = ForesightPipeline(tiny_model)
     frames = np.random.default_rng(0).integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)
     every = pipe.predict(frames, ["push the red block left"], steps=3, seed=1, guidance_interval=None)
     assert np.array_equal(every, pipe.predict(frames, ["push the red block left"], steps=3, seed=1))
     never = pipe.predict(frames, ["push the red block left"], steps=3, seed=1, guidance_interval=(1e-9, 1e-8))
     assert np.abs(every.astype(int) - never).max() > 0
+    monkeypatch.setattr(tiny_model, "config", replace(tiny_model.config, guidance_interval=(1e-9, 1e-8)))
+    configured = ForesightPipeline(tiny_model)
+    assert configured.defaults["guidance_interval"] == (1e-9, 1e-8)
+    assert np.array_equal(configured.predict(frames, ["push the red block left"], steps=3, seed=1), never)
 
 
 def test_guidance_branches_are_built_as_documented(tiny_model):
