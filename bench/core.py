@@ -8,6 +8,7 @@ import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -106,18 +107,29 @@ def set_threads(threads: int) -> None:
 
 
 def _busy_ticks() -> tuple[int, int]:
-    """(CPU ticks all processes spent busy, ticks this process spent), from /proc."""
+    """(CPU ticks all processes spent busy, ticks this process and its children spent), from /proc.
+
+    The children are the bench's own nodes: their work is the measurement, not other load.
+    """
     with open("/proc/stat") as f:
         user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in f.readline().split()[1:9])
-    with open("/proc/self/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return user + nice + system + irq + softirq + steal, int(fields[11]) + int(fields[12])
+    me, own = str(os.getpid()), 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        if stat.parent.name == me:  # utime, stime, and the ticks of children that have exited
+            own += sum(int(v) for v in fields[11:15])
+        elif fields[1] == me:
+            own += int(fields[11]) + int(fields[12])
+    return user + nice + system + irq + softirq + steal, own
 
 
 class OtherLoad:
     """Cores that other processes kept busy while a block ran: says whether its figures were skewed.
 
-    Load average cannot tell, since it counts this benchmark's own threads.
+    Load average cannot tell, since it counts this benchmark's own threads and nodes.
     """
 
     def __init__(self) -> None:

@@ -1,9 +1,12 @@
 """Smoke test of the bench plumbing: every section once at tiny sizes; the figures are not checked."""
 
 import json
+import subprocess
+import sys
+import time
 
 from bench.__main__ import main
-from bench.core import fit_growth
+from bench.core import OtherLoad, fit_growth
 
 
 def test_fit_growth_names_the_order():
@@ -28,3 +31,17 @@ def test_quick_bench_writes_table_json_and_plot(tmp_path, capsys):
     assert set(saved["scaling"]) == {"base", "frames", "side", "steps"}
     assert (tmp_path / "bench.png").stat().st_size > 10_000
     assert (tmp_path / "bench.md").read_text().startswith("Machine:")
+
+
+BUSY = "import time\nend = time.monotonic() + 1.0\nwhile time.monotonic() < end: pass\n"
+
+
+def test_other_load_counts_strangers_but_not_the_bench_own_children():
+    with OtherLoad() as own_child:
+        subprocess.run([sys.executable, "-c", BUSY], check=True)
+    # started by a shell that exits at once: the busy process is then no child of ours
+    subprocess.run(["sh", "-c", f'"{sys.executable}" -c "$0" &', BUSY], check=True)
+    with OtherLoad() as other:
+        time.sleep(1.2)
+    assert own_child.cores < 0.5
+    assert other.cores > 0.5

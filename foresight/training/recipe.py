@@ -80,7 +80,7 @@ class RecipeConfig:
         num_states=4,
         text_max_length=24,
         steps=8,
-        guidance_interval=(2.0, 40.0),
+        guidance_interval=(4.0, 20.0),
         guidance_frame=1.5,
         guidance_text=3.0,
         train_cross_attention=True,
