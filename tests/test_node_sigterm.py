@@ -44,10 +44,11 @@ def test_sigterm_drains_in_flight_work_then_exits_cleanly() -> None:
         for i in range(3):
             work.send(wire.packb({"method": "predict", "id": i, "frames": frames, "instruction": ["a", "b"], "steps": 20}))
         pending, deadline = 0, time.monotonic() + 30
-        # Signal only while one request runs and another still waits: the queued one needs a whole
-        # run, so the node is still draining when it answers the health checks below. (Signalling
-        # at pending == 1 was racy: the last request could finish before the signal arrived.)
-        while pending < 2:  # the two sockets are separate connections: wait until the work has arrived
+        # Signal only once all three are accepted: one runs, two wait, so the node is still draining
+        # when it answers the health checks below. (Signalling at pending == 1 let the last request
+        # finish before the signal; at pending == 2 the third could still be on its way and be
+        # refused as shutting down.)
+        while pending < 3:  # the two sockets are separate connections: wait until the work has arrived
             assert time.monotonic() < deadline, "the node never reported the work as pending"
             control.send(wire.packb({"method": "health", "id": "before"}))
             assert control.poll(REPLY_MS)
