@@ -2,7 +2,8 @@
 
 Engines are exported once into a temporary folder through the exporter's API, so what is
 measured is exactly what `export/build_engines.py` ships. Both backends get the same thread
-count, so the ratio compares runtimes, not thread pools.
+count, so the ratio compares runtimes, not thread pools, and run interleaved, so it compares
+them under the same machine conditions.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.core import INSTRUCTIONS, Plan, measure, random_frames
+from bench.core import INSTRUCTIONS, Plan, measure_side_by_side, random_frames
 from engines import Backend, OrtOptions, load_backend
 from engines.torch_backend import TorchBackend
 from export.build_engines import BuildConfig, build_engines
@@ -52,21 +53,22 @@ def compare(model: AIDModel, engine: Backend, steps: int, plan: Plan, device: st
     x = random_inputs("unet", graph_shapes(model, cfg.height, cfg.width), 3, cfg.num_frames, model.dtype,
                       model.device, torch.Generator().manual_seed(0))
     with torch.no_grad():
-        step_torch = measure(lambda: eager.unet(**x), plan.unet_runs, plan.warmup + 1, "UNet step, torch", sync)
-        step_engine = measure(lambda: engine.unet(**x), plan.unet_runs, plan.warmup + 1, f"UNet step, {engine.name}", sync)
+        step = measure_side_by_side({"torch": lambda: eager.unet(**x), engine.name: lambda: engine.unet(**x)},
+                                    plan.unet_runs, plan.warmup + 1, "UNet step", sync)
         step_diff = (eager.unet(**x).float() - engine.unet(**x).float()).abs().max().item()
     frames = random_frames(cfg.context_frames, cfg.height, cfg.width)
     text = [INSTRUCTIONS[0]]
     pipes = {"torch": ForesightPipeline(model), engine.name: ForesightPipeline(model, backend=engine)}
-    requests = {name: measure(lambda: pipe.predict(frames, text, steps=steps), plan.runs, plan.warmup, f"request, {name}")
-                for name, pipe in pipes.items()}
+    requests = measure_side_by_side(
+        {name: (lambda pipe=pipe: pipe.predict(frames, text, steps=steps)) for name, pipe in pipes.items()},
+        plan.runs, plan.warmup, "request")
     videos = [pipe.predict(frames, text, steps=steps).astype(int) for pipe in pipes.values()]
     return {
         "engine": engine.name,
         "unet_batch": 3,
         "steps": steps,
-        "step": {"torch": step_torch, engine.name: step_engine},
-        "step_speedup": step_torch.median / step_engine.median,
+        "step": step,
+        "step_speedup": step["torch"].median / step[engine.name].median,
         "step_max_abs_diff": step_diff,
         "request": requests,
         "request_speedup": requests["torch"].median / requests[engine.name].median,

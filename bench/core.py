@@ -95,6 +95,31 @@ def measure(fn: Callable[[], object], runs: int, warmup: int, label: str = "", s
     return Timing.of(times)
 
 
+def measure_side_by_side(
+    fns: dict[str, Callable[[], object]], runs: int, warmup: int, label: str = "", sync: Callable[[], None] | None = None
+) -> dict[str, Timing]:
+    """measure() for several cases at once, interleaved: run r times every case once, in an order
+    rotated by r. A ratio between cases then compares runs taken minutes apart by neither, so a
+    drift in machine speed (this VM's varies by 1.5x over minutes) moves both sides alike.
+    """
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in tqdm(range(runs), desc=label, leave=False, disable=runs < 3):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            start = time.perf_counter()
+            fns[name]()
+            if sync is not None:
+                sync()
+            times[name].append(time.perf_counter() - start)
+    for name in names:
+        t = times[name]
+        log.info("%s, %s: median %.4f s (min %.4f, max %.4f, %d runs)", label, name, statistics.median(t), min(t), max(t), runs)
+    return {name: Timing.of(t) for name, t in times.items()}
+
+
 def set_threads(threads: int) -> None:
     """One intra-op thread count for torch; ONNX Runtime gets the same through OrtOptions.
 

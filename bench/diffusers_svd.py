@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Callable, Iterator
 
 import numpy as np
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from diffusers import StableVideoDiffusionPipeline
 from torch import nn
 
-from bench.core import INSTRUCTIONS, Plan, measure
+from bench.core import INSTRUCTIONS, Plan, measure_side_by_side
 from bench.node import client, predict
 from foresight.diffusion.edm import karras_sigmas
 from foresight.diffusion.sampling import in_guidance_interval
@@ -114,15 +114,20 @@ def compare(pipe: ForesightPipeline, stock: StableVideoDiffusionPipeline, endpoi
            "stock_guidance": stock_guidance(),
            "node_guidance": {"frame": pipe.defaults["guidance_frame"], "text": pipe.defaults["guidance_text"],
                              "interval": pipe.defaults["guidance_interval"]}}
-    out["stock"] = measure(lambda: run_stock(stock, image, h, w, n, eq), plan.runs, plan.warmup, f"stock SVD pipeline, {eq} steps")
-    out["node"] = {}
-    for backend, endpoint in endpoints.items():
-        with client(endpoint) as node:
+    cases = {"stock": lambda: run_stock(stock, image, h, w, n, eq)}
+    with ExitStack() as stack:
+        for backend, endpoint in endpoints.items():
+            node = stack.enter_context(client(endpoint))
             for steps in dict.fromkeys((eq, default_steps)):
-                t = measure(lambda: predict(node, frames, text, steps), plan.runs, plan.warmup, f"node ({backend}), {steps} steps")
-                out["node"][f"{backend}@{steps}"] = {"backend": backend, "steps": steps, "timing": t,
-                                                      "guided_steps": guided_steps(pipe, steps),
-                                                      "ratio_to_stock": t.median / out["stock"].median}
+                cases[f"{backend}@{steps}"] = lambda node=node, steps=steps: predict(node, frames, text, steps)
+        timings = measure_side_by_side(cases, plan.runs, plan.warmup, f"stock SVD pipeline ({eq} steps) and nodes")
+    out["stock"] = timings.pop("stock")
+    out["node"] = {}
+    for case, t in timings.items():
+        backend, steps = case.split("@")
+        out["node"][case] = {"backend": backend, "steps": int(steps), "timing": t,
+                             "guided_steps": guided_steps(pipe, int(steps)),
+                             "ratio_to_stock": t.median / out["stock"].median}
     out["profile"] = {
         "stock": profile(lambda: run_stock(stock, image, h, w, n, eq), stock.unet),
         "ours_torch": profile(lambda: pipe.predict(frames, text, steps=eq), pipe.model.unet),

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from bench.core import CAMERA_SIZE, INSTRUCTIONS, Plan, Timing, measure, random_frames
+from bench.core import CAMERA_SIZE, INSTRUCTIONS, Plan, Timing, measure_side_by_side, random_frames
 from foresight.node.client import ForesightClient
 from foresight.node.protocol import NodeError
 from foresight.pipeline import ForesightPipeline
@@ -48,7 +48,6 @@ def overhead(pipe: ForesightPipeline, endpoint: str, steps: int, plan: Plan) -> 
     """
     frames = random_frames(pipe.context_frames, *CAMERA_SIZE)
     text = [INSTRUCTIONS[0]]
-    inproc = measure(lambda: pipe.predict(frames, text, steps=steps), plan.runs, plan.warmup, "in-process predict")
     paired: list[float] = []
 
     with client(endpoint) as node:
@@ -57,8 +56,10 @@ def overhead(pipe: ForesightPipeline, endpoint: str, steps: int, plan: Plan) -> 
             reply = predict(node, frames, text, steps)
             paired.append(time.perf_counter() - start - reply["timing"]["infer_s"])
 
-        round_trip = measure(call, plan.runs, plan.warmup, "node round trip")
+        timings = measure_side_by_side({"in_process": lambda: pipe.predict(frames, text, steps=steps), "round_trip": call},
+                                       plan.runs, plan.warmup, "in-process predict and node round trip")
         breakdown = predict(node, frames, text, steps)["timing"]
+    inproc, round_trip = timings["in_process"], timings["round_trip"]
     paired = paired[plan.warmup:]
     return {
         "steps": steps,
@@ -81,8 +82,10 @@ def batching(pipe: ForesightPipeline, endpoint: str, steps: int, plan: Plan) -> 
         predict(node, frames, list(INSTRUCTIONS[:max(plan.batch_sizes)]), steps)  # warm-up at the largest batch
         for m in plan.batch_sizes:
             texts = list(INSTRUCTIONS[:m])
-            one = measure(lambda: predict(node, frames, texts, steps), plan.batch_runs, 0, f"1 request x {m}")
-            many = measure(lambda: [predict(node, frames, [t], steps) for t in texts], plan.batch_runs, 0, f"{m} requests")
+            timings = measure_side_by_side(
+                {"one": lambda: predict(node, frames, texts, steps), "many": lambda: [predict(node, frames, [t], steps) for t in texts]},
+                plan.batch_runs, 0, f"1 request x {m} and {m} requests")
+            one, many = timings["one"], timings["many"]
             rows.append({"m": m, "one_request": one, "separate": many, "speedup": many.median / one.median})
     return rows
 

@@ -131,7 +131,8 @@ def machine_line(results: dict) -> str:
             + ", ".join(f"{k} {v}" for k, v in m["versions"].items())
             + f".\nModel: {model['spec']}, {model['height']}x{model['width']}, N={model['num_frames']}, "
             f"K={model['context_frames']}, default {model['steps']} steps; medians of {results['plan']['runs']} runs "
-            f"after {results['plan']['warmup']} warm-up(s).")
+            f"after {results['plan']['warmup']} warm-up(s); the cases of sections 1-4 run interleaved (one run of "
+            f"each in turn), so a ratio compares runs taken under the same machine conditions.")
 
 
 def notes(results: dict) -> list[str]:

@@ -1,4 +1,4 @@
-"""Runtime backends for AID's UNet and DQFormer: TensorRT, ONNX Runtime, PyTorch.
+"""Runtime backends for AID's UNet, VAE decoder and DQFormer: TensorRT, ONNX Runtime, PyTorch.
 
 Heavy runtimes (tensorrt, onnxruntime) are imported only when a backend is built.
 """

@@ -1,4 +1,4 @@
-"""The backend interface: what the pipeline calls instead of the PyTorch UNet and DQFormer.
+"""The backend interface: what the pipeline calls instead of the PyTorch UNet, VAE decoder and DQFormer.
 
 Graph input/output names live here because they are the contract between the exporter (which
 writes graphs with these names) and the backends (which feed them); the exporter imports them
@@ -15,7 +15,13 @@ UNET_INPUTS = ("sample", "timestep", "encoder_hidden_states", "added_time_ids")
 UNET_OUTPUTS = ("denoised_v",)
 DQFORMER_INPUTS = ("t1", "t1_mask", "t2", "t2_mask", "v")
 DQFORMER_OUTPUTS = ("conditions",)
-GRAPH_IO = {"unet": (UNET_INPUTS, UNET_OUTPUTS), "dqformer": (DQFORMER_INPUTS, DQFORMER_OUTPUTS)}
+VAE_DECODER_INPUTS = ("latents",)
+VAE_DECODER_OUTPUTS = ("frames",)
+GRAPH_IO = {
+    "unet": (UNET_INPUTS, UNET_OUTPUTS),
+    "vae_decoder": (VAE_DECODER_INPUTS, VAE_DECODER_OUTPUTS),
+    "dqformer": (DQFORMER_INPUTS, DQFORMER_OUTPUTS),
+}
 
 
 class EngineRefused(RuntimeError):
@@ -23,7 +29,7 @@ class EngineRefused(RuntimeError):
 
 
 class Backend(Protocol):
-    """Runs the two exported parts of AID. Inputs and outputs are torch tensors on the model's device."""
+    """Runs the three exported parts of AID. Inputs and outputs are torch tensors on the model's device."""
 
     name: str
 
@@ -47,6 +53,10 @@ class Backend(Protocol):
         num_frames: int | None = None,
     ) -> torch.Tensor:
         """Same signature as `DQFormer.forward`: -> per-frame conditions (B*F, L, C)."""
+        ...
+
+    def vae_decoder(self, latents: torch.Tensor) -> torch.Tensor:
+        """Unscaled latents (B, F, 4, h, w) -> frames (B, F, 3, H, W), unclamped (`AIDModel.vae_decode`)."""
         ...
 
     def describe(self) -> dict:

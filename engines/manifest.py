@@ -22,7 +22,7 @@ from torch import nn
 from engines.base import EngineRefused
 
 MANIFEST_NAME = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: adds the VAE-decoder graph
 # versions a graph depends on: the code it was traced from, and for engines the runtime itself
 CODE_LIBRARIES = ("foresight", "diffusers")
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
@@ -69,7 +69,8 @@ def weights_sha256(module: nn.Module, precision: str) -> str:
 
 def graph_modules(model: nn.Module) -> dict[str, nn.Module]:
     """The exported parts of an AIDModel, by graph name (a text-free base has no DQFormer)."""
-    return {"unet": model.unet} | ({} if model.dqformer is None else {"dqformer": model.dqformer})
+    parts = {"unet": model.unet, "vae_decoder": model.vae}
+    return parts | ({} if model.dqformer is None else {"dqformer": model.dqformer})
 
 
 def read_manifest(engine_dir: str | Path) -> dict:
@@ -105,7 +106,7 @@ def check_graph(
     model: nn.Module,
     fingerprints: dict[tuple[str, str], str],
 ) -> dict:
-    """Return the manifest entry of `graph` ("unet" | "dqformer") as `kind` ("onnx" | "tensorrt")
+    """Return the manifest entry of `graph` ("unet" | "vae_decoder" | "dqformer") as `kind` ("onnx" | "tensorrt")
     if it may run with `model`; raise EngineRefused with the reason otherwise.
 
     fingerprints caches weights_sha256 per (graph, precision) across calls: hashing a real SVD

@@ -16,6 +16,7 @@ logger = logging.getLogger(__name__)
 _NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(bool)": np.bool_}
 _TORCH = {np.float32: torch.float32, np.float16: torch.float16, np.bool_: torch.bool}
 _LEVELS = ("disable", "basic", "extended", "all")
+_shared_pool_threads: int | None = None  # the process-wide intra-op pool's size, once made (it cannot be resized)
 
 
 def available() -> str | None:
@@ -29,7 +30,8 @@ def available() -> str | None:
 
 @dataclass(frozen=True)
 class OrtOptions:
-    """Session settings. intra_op_threads 0 = ONNX Runtime's default (one per physical core).
+    """Session settings. intra_op_threads 0 = ONNX Runtime's default (one per physical core); the
+    first backend of a process sets it for all (see _shared_pool).
 
     providers None = the best present for the device: TensorRT EP, CUDA EP, CPU on a GPU; CPU otherwise.
     """
@@ -45,6 +47,26 @@ class OrtOptions:
             raise ValueError(f"intra_op_threads must be >= 0, got {self.intra_op_threads}")
 
 
+def _shared_pool(threads: int) -> int:
+    """Size of the process-wide intra-op pool every session runs on; the first backend sets it.
+
+    Separate per-session pools cost time on a small CPU: the UNet's threads keep spinning after
+    its run and take the cores from the VAE decoder's threads (its decode took 1.5x as long).
+    ONNX Runtime creates the shared pool once per process and cannot resize it, so a later
+    backend asking for another size runs on it too, with a warning.
+    """
+    import onnxruntime as ort
+
+    global _shared_pool_threads
+    if _shared_pool_threads is None:
+        ort.set_global_thread_pool_sizes(threads, 1)
+        _shared_pool_threads = threads
+    elif _shared_pool_threads != threads:
+        logger.warning("ONNX Runtime's thread pool is per process and already has intra_op_threads=%d; "
+                       "%d is ignored", _shared_pool_threads, threads)
+    return _shared_pool_threads
+
+
 def _session(path: Path, device: torch.device, options: OrtOptions, cache_dir: Path):
     import onnxruntime as ort
 
@@ -55,7 +77,7 @@ def _session(path: Path, device: torch.device, options: OrtOptions, cache_dir: P
         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }[options.optimization]
-    so.intra_op_num_threads = options.intra_op_threads
+    so.use_per_session_threads = False  # the shared pool (_shared_pool)
     so.log_severity_level = 3
     present = ort.get_available_providers()
     if options.providers is not None:
@@ -114,7 +136,7 @@ class _Graph:
 
 
 class OnnxRuntimeBackend:
-    """The UNet and DQFormer graphs of an engine folder, run by ONNX Runtime.
+    """The UNet, VAE-decoder and DQFormer graphs of an engine folder, run by ONNX Runtime.
 
     num_frames: N, the frame count the DQFormer graph always produces (its DE queries).
     """
@@ -132,8 +154,13 @@ class OnnxRuntimeBackend:
         self.options = options
         self.num_frames = num_frames
         cache_dir = Path(files["unet"]).parent / "ort_trt_cache"
-        self._unet = _Graph(Path(files["unet"]), self.device, options, cache_dir)
-        self._dqformer = _Graph(Path(files["dqformer"]), self.device, options, cache_dir) if "dqformer" in files else None
+        self.intra_op_threads = _shared_pool(options.intra_op_threads)
+
+        def graph(name: str) -> _Graph:
+            return _Graph(Path(files[name]), self.device, options, cache_dir)
+
+        self._unet, self._vae_decoder = graph("unet"), graph("vae_decoder")
+        self._dqformer = graph("dqformer") if "dqformer" in files else None
         self.files = {k: str(v) for k, v in files.items()}
 
     def unet(
@@ -151,6 +178,12 @@ class OnnxRuntimeBackend:
         )
         return self._unet(tensors, shape, sample.dtype).to(sample.device)
 
+    def vae_decoder(self, latents: torch.Tensor) -> torch.Tensor:
+        b, f, _, h, w = latents.shape
+        channels, factor = self._vae_decoder.output_dims[2], self._vae_decoder.output_dims[3] // h
+        shape = (b, f, channels, h * factor, w * factor)
+        return self._vae_decoder(dict(latents=latents), shape, latents.dtype).to(latents.device)
+
     def dqformer(self, t1, t1_mask, t2, t2_mask, v, num_frames: int | None = None) -> torch.Tensor:
         if self._dqformer is None:
             raise RuntimeError("this engine folder has no DQFormer graph (a text-free model)")
@@ -164,6 +197,6 @@ class OnnxRuntimeBackend:
             "providers": self._unet.session.get_providers(),
             "files": self.files,
             "io_dtypes": {name: str(dtype.__name__) for name, dtype in self._unet.inputs.items()},
-            "intra_op_threads": self.options.intra_op_threads,
+            "intra_op_threads": self.intra_op_threads,
             "optimization": self.options.optimization,
         }

@@ -109,7 +109,7 @@ class _Engine:
 
 
 class TensorRTBackend:
-    """The UNet and DQFormer engines of an engine folder.
+    """The UNet, VAE-decoder and DQFormer engines of an engine folder.
 
     num_frames: N, the frame count the DQFormer engine always produces. cuda_graph: replay
     captured CUDA graphs (pays off for the UNet at fixed request shapes).
@@ -123,6 +123,7 @@ class TensorRTBackend:
             raise ValueError(f"TensorRT engines run on a CUDA device, got {self.device}")
         self.num_frames = num_frames
         self._unet = _Engine(Path(files["unet"]), self.device, cuda_graph)
+        self._vae_decoder = _Engine(Path(files["vae_decoder"]), self.device, cuda_graph=False)
         self._dqformer = _Engine(Path(files["dqformer"]), self.device, cuda_graph) if "dqformer" in files else None
         self.files = {k: str(v) for k, v in files.items()}
         self.cuda_graph = cuda_graph
@@ -139,6 +140,9 @@ class TensorRTBackend:
             sample=sample, timestep=timestep, encoder_hidden_states=encoder_hidden_states, added_time_ids=added_time_ids
         )
         return self._unet(tensors).to(sample.dtype)
+
+    def vae_decoder(self, latents: torch.Tensor) -> torch.Tensor:
+        return self._vae_decoder(dict(latents=latents)).to(latents.dtype)
 
     def dqformer(self, t1, t1_mask, t2, t2_mask, v, num_frames: int | None = None) -> torch.Tensor:
         if self._dqformer is None:

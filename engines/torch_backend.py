@@ -14,6 +14,7 @@ class TorchBackend:
     def __init__(self, model: nn.Module, compile: bool = False) -> None:
         self._unet = torch.compile(model.unet) if compile else model.unet
         self._dqformer = model.dqformer
+        self._vae_decode = model.vae_decode
         self.compiled = compile
 
     def unet(
@@ -24,6 +25,9 @@ class TorchBackend:
         added_time_ids: torch.Tensor,
     ) -> torch.Tensor:
         return self._unet(sample, timestep, encoder_hidden_states, added_time_ids)
+
+    def vae_decoder(self, latents: torch.Tensor) -> torch.Tensor:
+        return self._vae_decode(latents)
 
     def dqformer(self, t1, t1_mask, t2, t2_mask, v, num_frames: int | None = None) -> torch.Tensor:
         if self._dqformer is None:

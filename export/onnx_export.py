@@ -1,4 +1,4 @@
-"""ONNX export of AID's UNet and DQFormer through thin wrappers with fixed I/O names.
+"""ONNX export of AID's UNet, VAE decoder and DQFormer through thin wrappers with fixed I/O names.
 
 The TorchScript exporter (`dynamo=False`) traces the adapter hooks like any other code. Batch
 and frame axes are dynamic; the spatial size and token counts are fixed by the model config.
@@ -18,7 +18,7 @@ import onnx
 import torch
 from torch import nn
 
-from engines.base import DQFORMER_INPUTS, DQFORMER_OUTPUTS, UNET_INPUTS, UNET_OUTPUTS
+from engines.base import GRAPH_IO
 
 
 EXTERNAL_DATA_BYTES = 1 << 30  # above this, weights go to an external file (protobuf caps a file at 2 GB)
@@ -35,15 +35,28 @@ class DQFormerGraph(nn.Module):
         return self.dqformer(t1, t1_mask, t2, t2_mask, v)
 
 
+class VaeDecoderGraph(nn.Module):
+    """`AIDModel.vae_decode`: SVD's temporal decoder over (B, F) clips of unscaled latents."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.vae = model.vae
+        self.decode = model.vae_decode
+
+    def forward(self, latents) -> torch.Tensor:
+        return self.decode(latents)
+
+
 @dataclass(frozen=True)
 class GraphShapes:
     """Fixed sizes of the exported graphs; batch and frames stay dynamic.
 
-    context_tokens: L of the UNet's per-frame context; text_tokens, state_tokens, vision_tokens:
+    latent_channels: the VAE's; context_tokens: L of the UNet's per-frame context; text_tokens, state_tokens, vision_tokens:
     the DQFormer's input lengths.
     """
 
     in_channels: int
+    latent_channels: int
     latent_height: int
     latent_width: int
     context_tokens: int
@@ -67,6 +80,7 @@ def graph_shapes(model: nn.Module, height: int, width: int) -> GraphShapes:
     de_tokens = d.tokens_per_frame if d is not None and d.use_de else 0
     return GraphShapes(
         in_channels=model.unet.config.in_channels,
+        latent_channels=model.vae.config.latent_channels,
         latent_height=height // factor,
         latent_width=width // factor,
         context_tokens=1 + me_tokens + de_tokens,
@@ -86,6 +100,9 @@ def random_inputs(
 
     def randn(*size):
         return torch.randn(*size, generator=generator).to(device, dtype)
+
+    if graph == "vae_decoder":  # unscaled latents: about unit variance over the scaling factor
+        return dict(latents=randn(batch, frames, shapes.latent_channels, shapes.latent_height, shapes.latent_width) * 1.2)
 
     if graph == "unet":
         s = shapes
@@ -130,19 +147,24 @@ def _save(proto: onnx.ModelProto, path: Path) -> list[Path]:
 def export_graph(
     graph: str, model: nn.Module, shapes: GraphShapes, frames: int, path: Path, opset: int = 17
 ) -> list[Path]:
-    """Export "unet" (model.unet) or "dqformer" (model.dqformer) of an AIDModel to `path`.
+    """Export "unet" (model.unet), "vae_decoder" (model.vae_decode) or "dqformer" (model.dqformer)
+    of an AIDModel to `path`.
 
     Traced at batch 2 (batch 1 could be specialised away by the tracer). Returns the files written.
     """
     g = torch.Generator().manual_seed(0)
     example = random_inputs(graph, shapes, 2, frames, model.dtype, model.device, g)
+    names, outputs = GRAPH_IO[graph]
     if graph == "unet":
-        module, names, outputs = model.unet, UNET_INPUTS, UNET_OUTPUTS
+        module = model.unet
         axes = {"sample": {0: "batch", 1: "frames"}, "timestep": {0: "batch"},
                 "encoder_hidden_states": {0: "batch_frames"}, "added_time_ids": {0: "batch"},
                 outputs[0]: {0: "batch", 1: "frames"}}
+    elif graph == "vae_decoder":
+        module = VaeDecoderGraph(model)
+        axes = {names[0]: {0: "batch", 1: "frames"}, outputs[0]: {0: "batch", 1: "frames"}}
     else:
-        module, names, outputs = DQFormerGraph(model.dqformer), DQFORMER_INPUTS, DQFORMER_OUTPUTS
+        module = DQFormerGraph(model.dqformer)
         axes = {name: {0: "batch"} for name in names} | {outputs[0]: {0: "batch_frames"}}
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp, warnings.catch_warnings():

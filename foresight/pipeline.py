@@ -156,7 +156,7 @@ class ForesightPipeline:
         x = torch.stack(latent_noise).to(model.device, model.dtype) * sigmas[0].to(model.dtype)
         latents = sample_euler(guided, x, sigmas, disable=not progress)
         # 4. decode the predicted frames
-        video = tensor_to_frames(model.decode_latents(latents)[:, k:])
+        video = tensor_to_frames(model.decode_latents(latents, vae_decode=self.backend.vae_decoder)[:, k:])
         logger.info("predicted %d x %d frames in %.2fs (%d steps)", m, num_frames - k, time.perf_counter() - start, steps)
         return video
 

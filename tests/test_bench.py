@@ -6,7 +6,7 @@ import sys
 import time
 
 from bench.__main__ import main
-from bench.core import OtherLoad, fit_growth
+from bench.core import OtherLoad, fit_growth, measure_side_by_side
 
 
 def test_fit_growth_names_the_order():
@@ -15,6 +15,15 @@ def test_fit_growth_names_the_order():
     assert quadratic.verdict == "~quadratic" and abs(quadratic.per_doubling - 4) < 1e-6
     steps = fit_growth([4, 8, 16], [1.5, 2.5, 4.5])
     assert abs(steps.slope_s - 0.25) < 1e-9 and abs(steps.intercept_s - 0.5) < 1e-9
+
+
+def test_side_by_side_interleaves_cases_in_rotating_order():
+    calls = []
+    timings = measure_side_by_side({"a": lambda: calls.append("a"), "b": lambda: calls.append("b"),
+                                    "c": lambda: (calls.append("c"), time.sleep(0.01))}, runs=3, warmup=1)
+    assert calls == ["a", "b", "c", "a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert {name: len(t.times) for name, t in timings.items()} == {"a": 3, "b": 3, "c": 3}
+    assert timings["c"].min >= 0.01 > timings["a"].max
 
 
 def test_quick_bench_writes_table_json_and_plot(tmp_path, capsys):

@@ -139,6 +139,8 @@ def test_other_weights_are_refused(tiny_model, engine_dir, caplog):
         (lambda m: m["aid_config"].update(num_frames=14), "different model config"),
         (lambda m: m["shapes"].update(height=128), "built for 128x64"),
         (lambda m: m.update(format=99), "manifest format 99"),
+        (lambda m: m.update(format=1), "manifest format 1"),  # before the VAE-decoder graph: rebuild
+        (lambda m: m["graphs"].pop("vae_decoder"), "vae_decoder (onnx): not in the manifest"),
     ],
 )
 def test_edited_manifest_is_refused(model, copy_of, caplog, edit, expect):
@@ -164,7 +166,7 @@ def test_first_frames_keeps_the_leading_frames():
 
 @pytest.mark.parametrize("optimization", ["basic", "all"])
 def test_ort_options_do_not_change_results(model, engine_dir, optimization):
-    files = {"unet": engine_dir[0] / "unet.onnx", "dqformer": engine_dir[0] / "dqformer.onnx"}
+    files = {g: engine_dir[0] / f"{g}.onnx" for g in ("unet", "vae_decoder", "dqformer")}
     backend = OnnxRuntimeBackend(files, 8, "cpu", OrtOptions(intra_op_threads=1, optimization=optimization))
     seed = secrets.randbits(31)
     x = random_inputs("unet", graph_shapes(model, 64, 64), 2, 5, torch.float32, torch.device("cpu"),
@@ -193,8 +195,7 @@ def test_whole_sampling_run_matches_pytorch(model, engine_dir):
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (ONNX Runtime CUDA provider with IO binding)")
 def test_onnxruntime_cuda_io_binding_matches_pytorch(engine_dir):
     model = _adapted_model(engine_dir[1]).cuda()
-    backend = OnnxRuntimeBackend({"unet": engine_dir[0] / "unet.onnx", "dqformer": engine_dir[0] / "dqformer.onnx"},
-                                 8, "cuda")
+    backend = OnnxRuntimeBackend({g: engine_dir[0] / f"{g}.onnx" for g in ("unet", "vae_decoder", "dqformer")}, 8, "cuda")
     x = random_inputs("unet", graph_shapes(model, 64, 64), 3, 8, torch.float32, torch.device("cuda"),
                       torch.Generator().manual_seed(secrets.randbits(31)))
     with torch.no_grad():
@@ -210,7 +211,7 @@ def test_onnxruntime_cuda_io_binding_matches_pytorch(engine_dir):
 def test_tensorrt_engines_build_check_and_load(engine_dir, tmp_path, precision):
     out = tmp_path / precision
     manifest = build_engines(BuildConfig(model="tiny-random", adapters=engine_dir[1], out=out, precision=precision, max_batch=2))
-    for graph in ("unet", "dqformer"):
+    for graph in ("unet", "vae_decoder", "dqformer"):
         assert manifest["graphs"][graph]["tensorrt"]["usable"], manifest["graphs"][graph]["tensorrt"]["check"]
     assert (out / "timing.cache").is_file()
     model = _adapted_model(engine_dir[1]).cuda()

@@ -9,6 +9,8 @@ import contextlib
 import io
 import json
 import secrets
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -52,7 +54,8 @@ def test_build_writes_checked_graphs_and_manifest(built):
     assert manifest["tensorrt_skipped"]  # says why: no CUDA GPU / no tensorrt here
     assert manifest["shapes"]["batch"] == {"min": 1, "opt": 3, "max": 6}
     assert manifest["shapes"]["frames"] == {"min": 2, "max": 8}
-    for graph in ("unet", "dqformer"):
+    assert set(manifest["graphs"]) == set(("unet", "vae_decoder", "dqformer"))
+    for graph in ("unet", "vae_decoder", "dqformer"):
         entry = manifest["graphs"][graph]
         assert entry["onnx"]["usable"] and entry["onnx"]["check"]["max_rel"] < RTOL
         assert len(entry["source_sha256"]) == 64
@@ -60,6 +63,7 @@ def test_build_writes_checked_graphs_and_manifest(built):
             assert file_sha256(out / name) == digest
         assert "tensorrt" not in entry
     assert manifest["graphs"]["unet"]["inputs"]["sample"]["shape"][:2] == ["batch", "frames"]
+    assert manifest["graphs"]["vae_decoder"]["outputs"]["frames"]["shape"] == ["batch", "frames", 3, 64, 64]
 
 
 def test_build_prints_errors_and_the_tensorrt_skip(built):
@@ -71,7 +75,7 @@ def test_build_prints_errors_and_the_tensorrt_skip(built):
 @pytest.fixture(scope="module")
 def ort_and_model(built, tiny_model):
     out = built[0]
-    backend = OnnxRuntimeBackend({"unet": out / "unet.onnx", "dqformer": out / "dqformer.onnx"}, 8, "cpu")
+    backend = OnnxRuntimeBackend({g: out / f"{g}.onnx" for g in ("unet", "vae_decoder", "dqformer")}, 8, "cpu")
     return backend, tiny_model, graph_shapes(tiny_model, 64, 64)
 
 
@@ -85,6 +89,21 @@ def test_unet_onnxruntime_matches_pytorch(ort_and_model, batch, frames):
         ref = model.unet(*(x[n] for n in UNET_INPUTS))
     out = backend.unet(*(x[n] for n in UNET_INPUTS))
     assert out.shape == ref.shape == (batch, frames, 4, 16, 16)
+    err = errors(out, ref)
+    assert err["max_rel"] < RTOL, f"seed {seed}: {err}"
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("frames", [2, 8])
+def test_vae_decoder_onnxruntime_matches_pytorch(ort_and_model, batch, frames):
+    backend, model, shapes = ort_and_model
+    seed = secrets.randbits(31)
+    x = random_inputs("vae_decoder", shapes, batch, frames, torch.float32, torch.device("cpu"),
+                      torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        ref = model.vae_decode(**x)
+    out = backend.vae_decoder(**x)
+    assert out.shape == ref.shape == (batch, frames, 3, 64, 64)
     err = errors(out, ref)
     assert err["max_rel"] < RTOL, f"seed {seed}: {err}"
 
@@ -113,12 +132,14 @@ def test_load_pipeline_uses_matching_engines(built):
 
 
 def test_load_pipeline_threads_reach_onnxruntime_and_torch(built):
-    before = torch.get_num_threads()
-    try:
-        pipe = load_pipeline("tiny-random", backend="onnxruntime", engines=str(built[0]), threads=1)
-        assert pipe.info()["backend"]["details"]["intra_op_threads"] == 1
-        assert torch.get_num_threads() == 1
-    finally:
-        torch.set_num_threads(before)
+    """In a fresh process: ONNX Runtime's thread pool is per process, and this one already has one."""
+    script = (
+        "import json, sys, torch; from foresight.pipeline import load_pipeline; "
+        "pipe = load_pipeline('tiny-random', backend='onnxruntime', engines=sys.argv[1], threads=1); "
+        "print(json.dumps([pipe.info()['backend']['details']['intra_op_threads'], torch.get_num_threads()]))"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(built[0])], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [1, 1]
     with pytest.raises(ValueError, match="threads must be >= 0"):
         load_pipeline("tiny-random", threads=-1)

@@ -130,12 +130,21 @@ class AIDModel(nn.Module):
             frames = frames + self.config.noise_aug_strength * noise.to(frames)
         return self.vae.encode(frames.flatten(0, 1)).latent_dist.mode().unflatten(0, frames.shape[:2])
 
-    @torch.no_grad()
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Scaled latents (B, F, 4, h, w) -> frames (B, F, 3, H, W) in [-1, 1]."""
+    def vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Unscaled latents (B, F, 4, h, w) -> frames (B, F, 3, H, W), unclamped: the VAE-decoder graph."""
         b, f = latents.shape[:2]
-        z = latents.flatten(0, 1) / self.vae.config.scaling_factor
-        return self.vae.decode(z.to(self.dtype), num_frames=f).sample.unflatten(0, (b, f)).clamp(-1, 1)
+        return self.vae.decode(latents.flatten(0, 1).to(self.dtype), num_frames=f).sample.unflatten(0, (b, f))
+
+    @torch.no_grad()
+    def decode_latents(
+        self, latents: torch.Tensor, vae_decode: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """Scaled latents (B, F, 4, h, w) -> frames (B, F, 3, H, W) in [-1, 1].
+
+        vae_decode replaces `self.vae_decode` (an engine backend's VAE-decoder graph).
+        """
+        decode = vae_decode or self.vae_decode
+        return decode(latents / self.vae.config.scaling_factor).clamp(-1, 1)
 
     def text_features(self, sentences: Sequence[str], states: Sequence[Sequence[str]]):
         """t1 from instructions; t2 from each clip's state descriptions, concatenated along tokens."""
