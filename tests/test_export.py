@@ -66,6 +66,17 @@ def test_build_writes_checked_graphs_and_manifest(built):
     assert manifest["graphs"]["vae_decoder"]["outputs"]["frames"]["shape"] == ["batch", "frames", 3, 64, 64]
 
 
+def test_fp16_build_writes_fp16_unet_and_vae_decoder_graphs(tmp_path):
+    """The graphs TensorRT builds FP16 engines from, checked here by ONNX Runtime on the CPU."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        manifest = main(["--model", "tiny-random", "--out", str(tmp_path), "--precision", "fp16"])
+    graphs = manifest["graphs"]
+    assert {g: e["precision"] for g, e in graphs.items()} == {"unet": "fp16", "vae_decoder": "fp16", "dqformer": "fp32"}
+    assert graphs["vae_decoder"]["inputs"]["latents"]["dtype"] == "float16"
+    for entry in graphs.values():
+        assert entry["onnx"]["usable"] and entry["onnx"]["check"]["max_rel"] < 3e-2
+
+
 def test_build_prints_errors_and_the_tensorrt_skip(built):
     printed = built[2]
     assert "unet     onnx vs pytorch" in printed and "max rel" in printed
