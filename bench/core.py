@@ -98,9 +98,9 @@ def measure(fn: Callable[[], object], runs: int, warmup: int, label: str = "", s
 def measure_side_by_side(
     fns: dict[str, Callable[[], object]], runs: int, warmup: int, label: str = "", sync: Callable[[], None] | None = None
 ) -> dict[str, Timing]:
-    """measure() for several cases at once, interleaved: run r times every case once, in an order
-    rotated by r. A ratio between cases then compares runs taken minutes apart by neither, so a
-    drift in machine speed (this VM's varies by 1.5x over minutes) moves both sides alike.
+    """measure() for several cases at once, interleaved: each run calls every case once, run r
+    starting at case r (mod the count). A ratio between cases then never compares runs taken
+    minutes apart: a drift in machine speed (this VM's moves by up to 1.5x) moves both sides alike.
     """
     names = list(fns)
     for _ in range(warmup):

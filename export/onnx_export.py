@@ -51,8 +51,8 @@ class VaeDecoderGraph(nn.Module):
 class GraphShapes:
     """Fixed sizes of the exported graphs; batch and frames stay dynamic.
 
-    latent_channels: the VAE's; context_tokens: L of the UNet's per-frame context; text_tokens, state_tokens, vision_tokens:
-    the DQFormer's input lengths.
+    latent_channels: the VAE's; context_tokens: L of the UNet's per-frame context; text_tokens,
+    state_tokens, vision_tokens: the DQFormer's input lengths.
     """
 
     in_channels: int
