@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from engines import EngineRefused, OrtOptions, load_backend
-from engines.base import first_frames
+from engines.base import GRAPH_IO, first_frames
 from engines.manifest import MANIFEST_NAME, read_manifest
 from engines.onnxruntime_backend import OnnxRuntimeBackend
 from export.build_engines import BuildConfig, build_engines
@@ -166,7 +166,7 @@ def test_first_frames_keeps_the_leading_frames():
 
 @pytest.mark.parametrize("optimization", ["basic", "all"])
 def test_ort_options_do_not_change_results(model, engine_dir, optimization):
-    files = {g: engine_dir[0] / f"{g}.onnx" for g in ("unet", "vae_decoder", "dqformer")}
+    files = {g: engine_dir[0] / f"{g}.onnx" for g in GRAPH_IO}
     backend = OnnxRuntimeBackend(files, 8, "cpu", OrtOptions(intra_op_threads=1, optimization=optimization))
     seed = secrets.randbits(31)
     x = random_inputs("unet", graph_shapes(model, 64, 64), 2, 5, torch.float32, torch.device("cpu"),
@@ -195,7 +195,7 @@ def test_whole_sampling_run_matches_pytorch(model, engine_dir):
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (ONNX Runtime CUDA provider with IO binding)")
 def test_onnxruntime_cuda_io_binding_matches_pytorch(engine_dir):
     model = _adapted_model(engine_dir[1]).cuda()
-    backend = OnnxRuntimeBackend({g: engine_dir[0] / f"{g}.onnx" for g in ("unet", "vae_decoder", "dqformer")}, 8, "cuda")
+    backend = OnnxRuntimeBackend({g: engine_dir[0] / f"{g}.onnx" for g in GRAPH_IO}, 8, "cuda")
     x = random_inputs("unet", graph_shapes(model, 64, 64), 3, 8, torch.float32, torch.device("cuda"),
                       torch.Generator().manual_seed(secrets.randbits(31)))
     with torch.no_grad():
@@ -211,7 +211,7 @@ def test_onnxruntime_cuda_io_binding_matches_pytorch(engine_dir):
 def test_tensorrt_engines_build_check_and_load(engine_dir, tmp_path, precision):
     out = tmp_path / precision
     manifest = build_engines(BuildConfig(model="tiny-random", adapters=engine_dir[1], out=out, precision=precision, max_batch=2))
-    for graph in ("unet", "vae_decoder", "dqformer"):
+    for graph in GRAPH_IO:
         assert manifest["graphs"][graph]["tensorrt"]["usable"], manifest["graphs"][graph]["tensorrt"]["check"]
     assert (out / "timing.cache").is_file()
     model = _adapted_model(engine_dir[1]).cuda()

@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 
-from engines.base import UNET_INPUTS
+from engines.base import GRAPH_IO, UNET_INPUTS
 from engines.manifest import MANIFEST_NAME, file_sha256
 from engines.onnxruntime_backend import OnnxRuntimeBackend
 from export.build_engines import main
@@ -54,8 +54,8 @@ def test_build_writes_checked_graphs_and_manifest(built):
     assert manifest["tensorrt_skipped"]  # says why: no CUDA GPU / no tensorrt here
     assert manifest["shapes"]["batch"] == {"min": 1, "opt": 3, "max": 6}
     assert manifest["shapes"]["frames"] == {"min": 2, "max": 8}
-    assert set(manifest["graphs"]) == set(("unet", "vae_decoder", "dqformer"))
-    for graph in ("unet", "vae_decoder", "dqformer"):
+    assert set(manifest["graphs"]) == set(GRAPH_IO)
+    for graph in GRAPH_IO:
         entry = manifest["graphs"][graph]
         assert entry["onnx"]["usable"] and entry["onnx"]["check"]["max_rel"] < RTOL
         assert len(entry["source_sha256"]) == 64
@@ -86,7 +86,7 @@ def test_build_prints_errors_and_the_tensorrt_skip(built):
 @pytest.fixture(scope="module")
 def ort_and_model(built, tiny_model):
     out = built[0]
-    backend = OnnxRuntimeBackend({g: out / f"{g}.onnx" for g in ("unet", "vae_decoder", "dqformer")}, 8, "cpu")
+    backend = OnnxRuntimeBackend({g: out / f"{g}.onnx" for g in GRAPH_IO}, 8, "cpu")
     return backend, tiny_model, graph_shapes(tiny_model, 64, 64)
 
 
