@@ -94,3 +94,17 @@ def test_embedded_model_loads_with_its_card():
     assert (pipe.height, pipe.width, pipe.num_frames, pipe.context_frames) == (64, 64, 8, 1)
     frames = np.zeros((1, 64, 64, 3), np.uint8)
     assert pipe.predict(frames, ["push the red block to the left"], steps=2).shape == (1, 7, 64, 64, 3)
+
+
+def test_embedded_vae_decodes_clip_ends_as_well_as_the_middle():
+    """The temporal decoder zero-pads the clip's ends; vae_decode repeats the end latents instead."""
+    from foresight.pipeline import frames_to_tensor
+    from foresight.training.data import tabletop_episodes
+
+    model, _ = load_model("tiny")
+    episodes = tabletop_episodes(range(1_000_000, 1_000_006), 64, 8, ("push", "pick_up"))
+    video = torch.stack([frames_to_tensor(ep.frames) for ep in episodes]).float()
+    decoded = model.decode_latents(model.encode_latents(video))
+    error = (decoded - video).abs().mean(dim=(0, 2, 3, 4))
+    middle = error[1:-1].mean()
+    assert error[0] < 1.15 * middle and error[-1] < 1.15 * middle, error
