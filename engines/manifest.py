@@ -22,7 +22,7 @@ from torch import nn
 from engines.base import EngineRefused
 
 MANIFEST_NAME = "manifest.json"
-FORMAT_VERSION = 2  # 2: adds the VAE-decoder graph
+FORMAT_VERSION = 3  # 2: adds the VAE-decoder graph; 3: it decodes with the end latents repeated
 # versions a graph depends on: the code it was traced from, and for engines the runtime itself
 CODE_LIBRARIES = ("foresight", "diffusers")
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}

@@ -140,6 +140,7 @@ def test_other_weights_are_refused(tiny_model, engine_dir, caplog):
         (lambda m: m["shapes"].update(height=128), "built for 128x64"),
         (lambda m: m.update(format=99), "manifest format 99"),
         (lambda m: m.update(format=1), "manifest format 1"),  # before the VAE-decoder graph: rebuild
+        (lambda m: m.update(format=2), "manifest format 2"),  # decoder without the end-latent repeats
         (lambda m: m["graphs"].pop("vae_decoder"), "vae_decoder (onnx): not in the manifest"),
     ],
 )
