@@ -85,12 +85,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     variants = tuple(args.variants.split(",")) if args.variants else VARIANTS
     report = run_eval(args.model, args.episodes, args.seed, variants, steps=args.steps, i3d=args.i3d,
-                      guidance_interval=None if args.guide_every_step else "config")
+                      guidance_interval=None if args.guide_every_step else "config", figure=args.figure)
     print(format_table(report))
     print(report["fd_note"])
     if args.json:
         write_report(report, args.json)
         print(f"wrote {args.json}")
+    if args.figure:
+        print(f"wrote {args.figure}")
 
 
 def cmd_ship(args: argparse.Namespace) -> None:
@@ -158,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="apply guidance at every step, not only in the model's guidance interval")
     p.add_argument("--i3d", default=None, help="local TorchScript I3D weights for a real FVD")
     p.add_argument("--json", default=None, help="write the full report here")
+    p.add_argument("--figure", default=None,
+                   help="PNG of the first variant's predictions on the first 6 episodes, beside the recorded final frames")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("ship", help="package a trained run as the embedded 'tiny' model (fp16, model card)")

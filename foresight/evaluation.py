@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from foresight.imaging import contact_sheet, write_png
 from foresight.metrics import (
     follow_error,
     follow_tolerance,
@@ -71,10 +72,25 @@ def variant_pipeline(spec: str, variant: str) -> ForesightPipeline:
     raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
 
 
+def predictions_figure(episodes: list[Episode], preds: np.ndarray, context_frames: int, scale: int = 2) -> np.ndarray:
+    """One row per episode: the context frames and the predicted frames, a white bar, then the
+    recorded final frame, so a reader compares where the prediction ends with where it should."""
+    k = context_frames
+    left = contact_sheet([np.concatenate([ep.frames[:k], p]) for ep, p in zip(episodes, preds)])
+    right = contact_sheet([ep.frames[-1:] for ep in episodes])
+    bar = np.full((left.shape[0], 8, 3), 255, np.uint8)
+    sheet = np.concatenate([left, bar, right], axis=1)
+    return np.repeat(np.repeat(sheet, scale, axis=0), scale, axis=1)
+
+
 def evaluate_variant(pipe: ForesightPipeline, episodes: list[Episode], seed: int, batch: int = 8,
                      steps: int | None = None, i3d: str | None = None,
-                     guidance_interval: tuple[float, float] | None | Literal["config"] = "config") -> dict:
-    """Predict every episode from its first K frames and score the prediction."""
+                     guidance_interval: tuple[float, float] | None | Literal["config"] = "config",
+                     figure: str | Path | None = None, figure_rows: int = 6) -> dict:
+    """Predict every episode from its first K frames and score the prediction.
+
+    figure: also write `predictions_figure` of the first `figure_rows` episodes there (PNG).
+    """
     k = pipe.context_frames
     preds = []
     for start in tqdm(range(0, len(episodes), batch), desc="predicting", leave=False):
@@ -84,6 +100,9 @@ def evaluate_variant(pipe: ForesightPipeline, episodes: list[Episode], seed: int
                                   guidance_interval=guidance_interval,
                                   seed=[seed + start + i for i in range(len(chunk))]))
     preds = np.concatenate(preds)
+    if figure is not None:
+        Path(figure).parent.mkdir(parents=True, exist_ok=True)
+        write_png(figure, predictions_figure(episodes[:figure_rows], preds[:figure_rows], k))
     truth = np.stack([ep.frames[k:] for ep in episodes])
     side = truth.shape[-2]
     errors = np.array([
@@ -114,8 +133,12 @@ def evaluate_variant(pipe: ForesightPipeline, episodes: list[Episode], seed: int
 
 def run_eval(spec: str, n: int, seed: int, variants: tuple[str, ...] = VARIANTS, steps: int | None = None,
              i3d: str | None = None,
-             guidance_interval: tuple[float, float] | None | Literal["config"] = "config") -> dict:
-    """Evaluate each variant on simulator seeds EVAL_SEED_START + seed + [0, n)."""
+             guidance_interval: tuple[float, float] | None | Literal["config"] = "config",
+             figure: str | Path | None = None) -> dict:
+    """Evaluate each variant on simulator seeds EVAL_SEED_START + seed + [0, n).
+
+    figure: write the first variant's predictions of the first episodes there (the README's figure).
+    """
     probe = variant_pipeline(spec, "aid")
     size, frames = probe.height, probe.num_frames
     seeds = range(EVAL_SEED_START + seed, EVAL_SEED_START + seed + n)
@@ -132,7 +155,8 @@ def run_eval(spec: str, n: int, seed: int, variants: tuple[str, ...] = VARIANTS,
         pipe = probe if variant == "aid" else variant_pipeline(spec, variant)
         episodes = reworded if variant == "aid-paraphrase" else plain
         report["variants"][variant] = evaluate_variant(pipe, episodes, seed, steps=steps, i3d=i3d,
-                                                       guidance_interval=interval)
+                                                       guidance_interval=interval,
+                                                       figure=figure if variant == variants[0] else None)
     return report
 
 

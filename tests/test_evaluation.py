@@ -2,8 +2,11 @@
 
 import json
 
+import numpy as np
+
 from foresight.cli import main
-from foresight.evaluation import EVAL_SEED_START, format_table, run_eval
+from foresight.evaluation import EVAL_SEED_START, format_table, predictions_figure, run_eval
+from foresight.imaging import read_image
 
 
 def test_eval_report_has_every_variant(tmp_path):
@@ -17,8 +20,22 @@ def test_eval_report_has_every_variant(tmp_path):
     assert table.count("\n") == 5 and "| base |" in table
 
 
-def test_eval_cli_writes_json(tmp_path, capsys):
+def test_eval_cli_writes_json_and_figure(tmp_path, capsys):
     main(["eval", "--model", "tiny-random", "--episodes", "2", "--variants", "aid,no-states", "--steps", "1",
-          "--json", str(tmp_path / "r.json")])
+          "--json", str(tmp_path / "r.json"), "--figure", str(tmp_path / "fig" / "pred.png")])
     assert "| no-states |" in capsys.readouterr().out
     assert set(json.loads((tmp_path / "r.json").read_text())["variants"]) == {"aid", "no-states"}
+    figure = read_image(tmp_path / "fig" / "pred.png")
+    # 2 rows of 64 px + a 2 px gap; 8 frames (context + 7 predicted), the 8 px bar, the final frame; scaled 2x
+    assert figure.shape == (2 * (2 * 64 + 2), 2 * (8 * 66 - 2 + 8 + 64), 3)
+
+
+def test_predictions_figure_puts_the_recorded_final_frame_after_a_white_bar():
+    from sim_bridge.tabletop import make_episode
+
+    ep = make_episode(1_000_000, size=64, num_frames=8)
+    preds = np.zeros((1, 7, 64, 64, 3), np.uint8)
+    figure = predictions_figure([ep], preds, context_frames=1, scale=1)
+    assert np.array_equal(figure[:, :64], ep.frames[0])
+    assert (figure[:, 8 * 66 - 2 : 8 * 66 + 6] == 255).all()
+    assert np.array_equal(figure[:, -64:], ep.frames[-1])
