@@ -100,7 +100,8 @@ class RecipeConfig:
     # happens at sigma ~4-20 (below, the noisy input still shows where the object went; above,
     # the model copies the context frame), where the base's levels put 4% of their draws.
     # N(2.0, 0.8^2) puts 67% there; with the same 1900 steps, N(1.2, 1.2^2) (37%) followed
-    # 22.9% of held-out instructions and N(1.8, 1.0^2) (54%) 39.6%, this 41.7%.
+    # 22.9% of held-out instructions and N(1.8, 1.0^2) (54%) 39.6%, this 41.7% (37.5% retrained
+    # from scratch, the shipped model).
     aid_noise: NoiseLevels = NoiseLevels(p_mean=2.0, p_std=0.8)
     aid_motion_weight: float = 3.0  # see aid_loss; the base stage trains on the plain loss
     checkpoint_every_s: float = 120.0
