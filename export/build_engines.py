@@ -10,6 +10,10 @@ check each against ONNX Runtime -> write manifest.json. Without TensorRT or a CU
 stage is skipped with the reason, and the ONNX graphs are the engines. Only graphs that passed
 their check are marked usable in the manifest; the loader (engines.select) uses nothing else.
 
+--attention picks the UNet's attention form (export/onnx_export.py): standard ONNX operators,
+which TensorRT parses, or ONNX Runtime's fused MultiHeadAttention, faster on ONNX Runtime and
+unknown to TensorRT. The default takes the fused form wherever no TensorRT engine is built.
+
 With --precision fp16 the UNet and VAE-decoder graphs are fp16; the DQFormer graph stays fp32:
 it runs once per request, and the TorchScript exporter writes a type-inconsistent graph for its
 boolean-masked attention in fp16 (LayerNormalization bound to float and float16).
@@ -47,7 +51,14 @@ from engines.manifest import (  # noqa: E402
 )
 from engines.onnxruntime_backend import OnnxRuntimeBackend  # noqa: E402
 from engines.tensorrt_backend import TensorRTBackend  # noqa: E402
-from export.onnx_export import DQFormerGraph, GraphShapes, export_graph, graph_io, graph_shapes  # noqa: E402
+from export.onnx_export import (  # noqa: E402
+    ATTENTION_FORMS,
+    DQFormerGraph,
+    GraphShapes,
+    export_graph,
+    graph_io,
+    graph_shapes,
+)
 from export.tensorrt_build import Profile, build_engine  # noqa: E402
 from export.validate import compare  # noqa: E402
 
@@ -70,8 +81,11 @@ class BuildConfig:
     max_batch: int = 1
     opset: int = 17
     seed: int | None = None
+    attention: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.attention not in ("auto", *ATTENTION_FORMS):
+            raise ValueError(f"attention must be auto or one of {ATTENTION_FORMS}, got {self.attention!r}")
         if self.precision not in ("fp32", "fp16"):
             raise ValueError(f"precision must be fp32 or fp16, got {self.precision!r}")
         if self.max_batch < 1:
@@ -159,13 +173,17 @@ def build_engines(config: BuildConfig) -> dict:
     else:
         exported = reference
     modules = graph_modules(reference)
+    trt_missing = tensorrt_backend.available()
+    attention = config.attention
+    if attention == "auto":
+        attention = "onnxruntime" if trt_missing else "onnx"
 
-    logger.info("[2/5] exporting ONNX graphs (%s) to %s", config.precision, out)
+    logger.info("[2/5] exporting ONNX graphs (%s, %s attention) to %s", config.precision, attention, out)
     precisions = {"unet": config.precision, "vae_decoder": config.precision, "dqformer": "fp32"}
     onnx_files: dict[str, list[Path]] = {}
     for graph in modules:
         source = exported if precisions[graph] == config.precision else reference
-        onnx_files[graph] = export_graph(graph, source, shapes, frames_max, out / f"{graph}.onnx", config.opset)
+        onnx_files[graph] = export_graph(graph, source, shapes, frames_max, out / f"{graph}.onnx", config.opset, attention)
         logger.info("  %s -> %s", graph, ", ".join(p.name for p in onnx_files[graph]))
     del exported
 
@@ -192,13 +210,16 @@ def build_engines(config: BuildConfig) -> dict:
             "onnx": {
                 "files": {p.name: file_sha256(p) for p in onnx_files[graph]},
                 "opset": config.opset,
+                "attention": attention if graph == "unet" else "onnx",
                 "check": check,
                 "usable": check["passed"],
             },
         }
 
     logger.info("[4/5] TensorRT engines")
-    skip = tensorrt_backend.available()
+    skip = trt_missing
+    if skip is None and attention == "onnxruntime":
+        skip = "the UNet graph uses ONNX Runtime's fused attention (--attention onnxruntime), which TensorRT does not parse"
     profiles = _profiles(shapes, frames, config.max_batch)
     versions = library_versions()
     if skip is None and not all(graphs[g]["onnx"]["usable"] for g in modules):
@@ -270,6 +291,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-batch", type=int, default=1, help="most hypotheses per request")
     parser.add_argument("--opset", type=int, default=17)
     parser.add_argument("--seed", type=int, default=None, help="for the random check inputs (default: fresh)")
+    parser.add_argument("--attention", choices=("auto", *ATTENTION_FORMS), default="auto",
+                        help="the UNet's attention: standard ONNX operators (TensorRT) or ONNX Runtime's "
+                             "fused MultiHeadAttention (default: fused unless TensorRT engines are built)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -277,6 +301,7 @@ def main(argv: list[str] | None = None) -> dict:
     config = BuildConfig(
         model=args.model, out=args.out, adapters=args.adapters, precision=precision, frames=args.frames,
         height=args.height, width=args.width, max_batch=args.max_batch, opset=args.opset, seed=args.seed,
+        attention=args.attention,
     )
     return build_engines(config)
 

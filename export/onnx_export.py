@@ -5,10 +5,16 @@ and frame axes are dynamic; the spatial size and token counts are fixed by the m
 Graphs whose weights pass 2 GB (the real SVD UNet) are written with their tensors in one
 external-data file beside the graph (`<name>.onnx.data`), which ONNX Runtime and TensorRT's
 parser read from the same folder.
+
+The UNet's attention exports in one of two forms: standard ONNX operators (what TensorRT parses)
+or ONNX Runtime's fused `com.microsoft.MultiHeadAttention`. The exporter writes scaled dot-product
+attention as ~25 small nodes (head split and merge transposes, a scale computed from the shape);
+the fused form runs the tiny model's UNet step 7-9% faster on the CPU provider.
 """
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -16,12 +22,59 @@ from pathlib import Path
 
 import onnx
 import torch
+import torch.nn.functional as F
+from diffusers.models.attention_processor import Attention
 from torch import nn
 
 from engines.base import GRAPH_IO
 
 
 EXTERNAL_DATA_BYTES = 1 << 30  # above this, weights go to an external file (protobuf caps a file at 2 GB)
+ATTENTION_FORMS = ("onnx", "onnxruntime")  # standard operators / ONNX Runtime's fused MultiHeadAttention
+
+
+class _MultiHeadAttention(torch.autograd.Function):
+    """Scaled dot-product attention on (B, S, heads*D) projections; exports as one contrib node."""
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+        q, k, v = (t.unflatten(-1, (heads, -1)).transpose(1, 2) for t in (q, k, v))
+        return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
+
+    @staticmethod
+    def symbolic(g, q, k, v, heads: int):
+        return g.op("com.microsoft::MultiHeadAttention", q, k, v, num_heads_i=heads)
+
+
+class FusedAttentionProcessor:
+    """diffusers attention processor computing what AttnProcessor2_0 does for SVD's transformer
+    blocks (3D tokens, no mask, no extra norms) through `_MultiHeadAttention`."""
+
+    def __call__(self, attn: Attention, hidden_states, encoder_hidden_states=None, attention_mask=None, **kwargs):
+        if attention_mask is not None:
+            raise ValueError("the fused attention export takes no attention mask")
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        out = _MultiHeadAttention.apply(attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context), attn.heads)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+def _fusable(attn: Attention) -> bool:
+    return (attn.group_norm is None and attn.spatial_norm is None and attn.norm_cross is None
+            and attn.norm_q is None and attn.norm_k is None and not attn.residual_connection
+            and attn.rescale_output_factor == 1.0 and len(attn.to_out) == 2)
+
+
+@contextlib.contextmanager
+def fused_attention(module: nn.Module):
+    """Route every fusable diffusers Attention inside `module` through FusedAttentionProcessor."""
+    swapped = [(m, m.processor) for m in module.modules() if isinstance(m, Attention) and _fusable(m)]
+    for m, _ in swapped:
+        m.set_processor(FusedAttentionProcessor())
+    try:
+        yield len(swapped)
+    finally:
+        for m, processor in swapped:
+            m.set_processor(processor)
 
 
 class DQFormerGraph(nn.Module):
@@ -145,13 +198,16 @@ def _save(proto: onnx.ModelProto, path: Path) -> list[Path]:
 
 @torch.no_grad()
 def export_graph(
-    graph: str, model: nn.Module, shapes: GraphShapes, frames: int, path: Path, opset: int = 17
+    graph: str, model: nn.Module, shapes: GraphShapes, frames: int, path: Path, opset: int = 17,
+    attention: str = "onnx",
 ) -> list[Path]:
     """Export "unet" (model.unet), "vae_decoder" (model.vae_decode) or "dqformer" (model.dqformer)
-    of an AIDModel to `path`.
+    of an AIDModel to `path`; `attention` (ATTENTION_FORMS) is the UNet's attention form.
 
     Traced at batch 2 (batch 1 could be specialised away by the tracer). Returns the files written.
     """
+    if attention not in ATTENTION_FORMS:
+        raise ValueError(f"attention must be one of {ATTENTION_FORMS}, got {attention!r}")
     g = torch.Generator().manual_seed(0)
     example = random_inputs(graph, shapes, 2, frames, model.dtype, model.device, g)
     names, outputs = GRAPH_IO[graph]
@@ -167,7 +223,8 @@ def export_graph(
         module = DQFormerGraph(model.dqformer)
         axes = {name: {0: "batch"} for name in names} | {outputs[0]: {0: "batch_frames"}}
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent) as tmp, warnings.catch_warnings():
+    fuse = fused_attention(module) if graph == "unet" and attention == "onnxruntime" else contextlib.nullcontext()
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp, warnings.catch_warnings(), fuse:
         # diffusers' shape asserts and size branches specialise to constants, as intended for fixed h, w
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         raw = Path(tmp) / path.name

@@ -12,14 +12,15 @@ import secrets
 import subprocess
 import sys
 
+import onnx
 import pytest
 import torch
 
 from engines.base import GRAPH_IO, UNET_INPUTS
 from engines.manifest import MANIFEST_NAME, file_sha256
 from engines.onnxruntime_backend import OnnxRuntimeBackend
-from export.build_engines import main
-from export.onnx_export import DQFormerGraph, graph_shapes, random_inputs
+from export.build_engines import BuildConfig, main
+from export.onnx_export import DQFormerGraph, FusedAttentionProcessor, fused_attention, graph_shapes, random_inputs
 from export.validate import errors
 from foresight.pipeline import load_pipeline
 
@@ -75,6 +76,35 @@ def test_fp16_build_writes_fp16_unet_and_vae_decoder_graphs(tmp_path):
     assert graphs["vae_decoder"]["inputs"]["latents"]["dtype"] == "float16"
     for entry in graphs.values():
         assert entry["onnx"]["usable"] and entry["onnx"]["check"]["max_rel"] < 3e-2
+
+
+def _op_types(path) -> dict[str, set[str]]:
+    types: dict[str, set[str]] = {}
+    for node in onnx.load(str(path), load_external_data=False).graph.node:
+        types.setdefault(node.domain or "ai.onnx", set()).add(node.op_type)
+    return types
+
+
+def test_default_build_without_tensorrt_fuses_the_unets_attention(built, tiny_model):
+    """No TensorRT here, so the UNet takes ONNX Runtime's MultiHeadAttention; it passed its check above."""
+    out, manifest, _ = built
+    assert manifest["graphs"]["unet"]["onnx"]["attention"] == "onnxruntime"
+    assert _op_types(out / "unet.onnx")["com.microsoft"] == {"MultiHeadAttention"}
+    fused = sum(node.op_type == "MultiHeadAttention" for node in onnx.load(str(out / "unet.onnx")).graph.node)
+    with fused_attention(tiny_model.unet) as swapped:
+        assert swapped == fused > 0  # every attention of the UNet's transformer blocks
+    assert not any(isinstance(getattr(m, "processor", None), FusedAttentionProcessor) for m in tiny_model.unet.modules())
+
+
+def test_standard_attention_build_has_only_onnx_operators(tmp_path):
+    """The form TensorRT parses: no contrib operators, checked by ONNX Runtime like the fused one."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        manifest = main(["--model", "tiny-random", "--out", str(tmp_path), "--attention", "onnx"])
+    unet = manifest["graphs"]["unet"]["onnx"]
+    assert unet["attention"] == "onnx" and unet["usable"] and unet["check"]["max_rel"] < RTOL
+    assert set(_op_types(tmp_path / "unet.onnx")) == {"ai.onnx"}
+    with pytest.raises(ValueError, match="attention must be"):
+        BuildConfig(model="tiny-random", out=tmp_path, attention="fused")
 
 
 def test_build_prints_errors_and_the_tensorrt_skip(built):
