@@ -85,7 +85,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     variants = tuple(args.variants.split(",")) if args.variants else VARIANTS
     report = run_eval(args.model, args.episodes, args.seed, variants, steps=args.steps, i3d=args.i3d,
-                      guidance_interval=None if args.guide_every_step else "config", figure=args.figure)
+                      guidance_interval=None if args.guide_every_step else "config",
+                      guidance_frame=args.guidance_frame, guidance_text=args.guidance_text, figure=args.figure)
     print(format_table(report))
     print(report["fd_note"])
     if args.json:
@@ -158,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--guide-every-step", action="store_true",
                    help="apply guidance at every step, not only in the model's guidance interval")
+    p.add_argument("--guidance-frame", type=float, default=None, help="s_V (default: the model's)")
+    p.add_argument("--guidance-text", type=float, default=None, help="s_T (default: the model's)")
     p.add_argument("--i3d", default=None, help="local TorchScript I3D weights for a real FVD")
     p.add_argument("--json", default=None, help="write the full report here")
     p.add_argument("--figure", default=None,

@@ -35,6 +35,7 @@ from foresight.model_dir import load_model
 from foresight.pipeline import ForesightPipeline
 from foresight.training.data import tabletop_episodes
 from sim_bridge.episode import Episode
+from sim_bridge.tabletop import accepted_final_positions
 
 logger = logging.getLogger(__name__)
 
@@ -86,9 +87,11 @@ def predictions_figure(episodes: list[Episode], preds: np.ndarray, context_frame
 def evaluate_variant(pipe: ForesightPipeline, episodes: list[Episode], seed: int, batch: int = 8,
                      steps: int | None = None, i3d: str | None = None,
                      guidance_interval: tuple[float, float] | None | Literal["config"] = "config",
+                     guidance_frame: float | None = None, guidance_text: float | None = None,
                      figure: str | Path | None = None, figure_rows: int = 6) -> dict:
     """Predict every episode from its first K frames and score the prediction.
 
+    steps, guidance_*: the sampler, as in `ForesightPipeline.predict` (None: the model's defaults).
     figure: also write `predictions_figure` of the first `figure_rows` episodes there (PNG).
     """
     k = pipe.context_frames
@@ -97,8 +100,8 @@ def evaluate_variant(pipe: ForesightPipeline, episodes: list[Episode], seed: int
         chunk = episodes[start : start + batch]
         frames = np.stack([ep.frames[:k] for ep in chunk])
         preds.append(pipe.predict(frames, [ep.instruction for ep in chunk], steps=steps,
-                                  guidance_interval=guidance_interval,
-                                  seed=[seed + start + i for i in range(len(chunk))]))
+                                  guidance_interval=guidance_interval, guidance_frame=guidance_frame,
+                                  guidance_text=guidance_text, seed=[seed + start + i for i in range(len(chunk))]))
     preds = np.concatenate(preds)
     if figure is not None:
         Path(figure).parent.mkdir(parents=True, exist_ok=True)
@@ -106,7 +109,7 @@ def evaluate_variant(pipe: ForesightPipeline, episodes: list[Episode], seed: int
     truth = np.stack([ep.frames[k:] for ep in episodes])
     side = truth.shape[-2]
     errors = np.array([
-        follow_error(p[-1], ep.object_colors[ep.target], ep.object_positions[ep.target][-1])
+        min(follow_error(p[-1], ep.object_colors[ep.target], xy) for xy in accepted_final_positions(ep))
         for p, ep in zip(preds, episodes)
     ])
     tol = follow_tolerance(side)
@@ -134,11 +137,14 @@ def evaluate_variant(pipe: ForesightPipeline, episodes: list[Episode], seed: int
 def run_eval(spec: str, n: int, seed: int, variants: tuple[str, ...] = VARIANTS, steps: int | None = None,
              i3d: str | None = None,
              guidance_interval: tuple[float, float] | None | Literal["config"] = "config",
+             guidance_frame: float | None = None, guidance_text: float | None = None,
              figure: str | Path | None = None) -> dict:
     """Evaluate each variant on simulator seeds EVAL_SEED_START + seed + [0, n).
 
     figure: write the first variant's predictions of the first episodes there (the README's figure).
     """
+    if n < 2:
+        raise ValueError(f"evaluation needs at least 2 episodes (the Frechet distance compares distributions), got {n}")
     probe = variant_pipeline(spec, "aid")
     size, frames = probe.height, probe.num_frames
     seeds = range(EVAL_SEED_START + seed, EVAL_SEED_START + seed + n)
@@ -147,6 +153,8 @@ def run_eval(spec: str, n: int, seed: int, variants: tuple[str, ...] = VARIANTS,
     interval = probe.defaults["guidance_interval"] if guidance_interval == "config" else guidance_interval
     report = {"model": spec, "seeds": [seeds.start, seeds.stop], "steps": steps or probe.defaults["steps"],
               "guidance_interval": interval,
+              "guidance_frame": probe.defaults["guidance_frame"] if guidance_frame is None else guidance_frame,
+              "guidance_text": probe.defaults["guidance_text"] if guidance_text is None else guidance_text,
               "fd_note": "fd_stats is a Frechet distance on hand-made appearance/motion features, not FVD "
                          "(I3D weights are not available offline; pass --i3d PATH for FVD)",
               "variants": {}}
@@ -155,7 +163,8 @@ def run_eval(spec: str, n: int, seed: int, variants: tuple[str, ...] = VARIANTS,
         pipe = probe if variant == "aid" else variant_pipeline(spec, variant)
         episodes = reworded if variant == "aid-paraphrase" else plain
         report["variants"][variant] = evaluate_variant(pipe, episodes, seed, steps=steps, i3d=i3d,
-                                                       guidance_interval=interval,
+                                                       guidance_interval=interval, guidance_frame=guidance_frame,
+                                                       guidance_text=guidance_text,
                                                        figure=figure if variant == variants[0] else None)
     return report
 
