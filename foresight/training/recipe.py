@@ -103,7 +103,9 @@ class RecipeConfig:
     # 22.9% of held-out instructions and N(1.8, 1.0^2) (54%) 39.6%, this 41.7% (37.5% retrained
     # from scratch, the shipped model).
     aid_noise: NoiseLevels = NoiseLevels(p_mean=2.0, p_std=0.8)
-    aid_motion_weight: float = 3.0  # see aid_loss; the base stage trains on the plain loss
+    # See aid_loss; the base stage trains on the plain loss. Weight 8 against 3, each retrained from
+    # scratch, 100 held-out episodes: following 45% against 33%, paraphrases 18% against 24%.
+    aid_motion_weight: float = 8.0
     checkpoint_every_s: float = 120.0
 
     def base_config(self) -> AIDConfig:
