@@ -101,7 +101,7 @@ class RecipeConfig:
     # the model copies the context frame), where the base's levels put 4% of their draws.
     # N(2.0, 0.8^2) puts 67% there; with the same 1900 steps, N(1.2, 1.2^2) (37%) followed
     # 22.9% of held-out instructions and N(1.8, 1.0^2) (54%) 39.6%, this 41.7% (37.5% retrained
-    # from scratch, the shipped model).
+    # from scratch; all with motion weight 3 and the metric before 2 December).
     aid_noise: NoiseLevels = NoiseLevels(p_mean=2.0, p_std=0.8)
     # See aid_loss; the base stage trains on the plain loss. Weight 8 against 3, each retrained from
     # scratch, 100 held-out episodes: following 45% against 33%, paraphrases 18% against 24%.
