@@ -35,7 +35,7 @@ from foresight.model_dir import load_model
 from foresight.pipeline import ForesightPipeline
 from foresight.training.data import tabletop_episodes
 from sim_bridge.episode import Episode
-from sim_bridge.tabletop import accepted_final_positions
+from sim_bridge.tabletop import accepted_tracks
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def evaluate_variant(pipe: ForesightPipeline, episodes: list[Episode], seed: int
     truth = np.stack([ep.frames[k:] for ep in episodes])
     side = truth.shape[-2]
     errors = np.array([
-        min(follow_error(p[-1], ep.object_colors[ep.target], xy) for xy in accepted_final_positions(ep))
+        follow_error(p[-1], ep.object_colors[ep.target], accepted_tracks(ep)[:, -1])
         for p, ep in zip(preds, episodes)
     ])
     tol = follow_tolerance(side)

@@ -84,11 +84,15 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def follow_error(frame: np.ndarray, rgb: tuple[int, int, int], truth_xy: np.ndarray) -> float:
-    """Pixel distance from the object of colour `rgb` in `frame` to its true position; inf if not found."""
+    """Pixel distance from the object of colour `rgb` in `frame` to its true position, or to the
+    nearest of several (P, 2) accepted ones; inf if not found."""
     from sim_bridge.tabletop import locate_object
 
     found = locate_object(frame, rgb)
-    return float("inf") if found is None else float(np.hypot(found[0] - truth_xy[0], found[1] - truth_xy[1]))
+    if found is None:
+        return float("inf")
+    offsets = np.atleast_2d(truth_xy) - np.asarray(found)
+    return float(np.hypot(offsets[:, 0], offsets[:, 1]).min())
 
 
 def follow_tolerance(frame_side: int) -> float:

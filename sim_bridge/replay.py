@@ -57,6 +57,7 @@ from foresight.imaging import contact_sheet, fit_frames, read_image, write_gif, 
 from foresight.metrics import follow_error, follow_tolerance, psnr, ssim
 from foresight.node.client import DEFAULT_ENDPOINT, ForesightClient
 from sim_bridge.episode import Episode
+from sim_bridge.tabletop import accepted_tracks
 
 log = logging.getLogger("sim_bridge.replay")  # the same name when run with -m
 
@@ -203,8 +204,8 @@ def score_step(pred: np.ndarray, episode: Episode, t: int, compared: int) -> dic
                               "follow_error_px": None, "followed": None}
     positions, colors, target = episode.object_positions, episode.object_colors, episode.target
     if positions and colors and target in positions and target in colors:
-        truth_xy = fit_point(positions[target][t + compared], episode.frames.shape[1:3], (h, w))
-        error = follow_error(pred[compared - 1], colors[target], truth_xy)
+        truth_xy = [fit_point(track[t + compared], episode.frames.shape[1:3], (h, w)) for track in accepted_tracks(episode)]
+        error = follow_error(pred[compared - 1], colors[target], np.stack(truth_xy))
         scores["follow_error_px"] = None if math.isinf(error) else error
         scores["followed"] = bool(error <= follow_tolerance(min(h, w)))
     return scores

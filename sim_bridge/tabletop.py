@@ -401,23 +401,28 @@ def run_task(scene: Scene, task: Task, num_frames: int = 16, size: int = 128,
               "final_scene": final.to_dict()})
 
 
-def accepted_final_positions(episode: Episode) -> np.ndarray:
-    """(P, 2) pixel positions of the target at the end under every task the instruction allows,
-    the recorded one first.
+def accepted_tracks(episode: Episode) -> np.ndarray:
+    """(P, T, 2) pixel tracks of the target under every task the instruction allows, the
+    recorded one first.
 
     "put the X next to the Y" names no side, so the feasible placement on the other side of Y
-    follows it as well as the recorded one; every other instruction allows exactly one outcome.
+    follows it as well as the recorded one; every other instruction (and any episode not made
+    by this simulator) allows exactly one outcome.
     """
-    recorded = episode.object_positions[episode.target][-1]
-    task = Task(**episode.meta["task"])
+    recorded = episode.object_positions[episode.target]
+    meta = episode.meta
+    if meta.get("source") != "tabletop":
+        return recorded[None]
+    task = Task(**meta["task"])
     if task.kind != "put_next_to" or re.search(rf"\b{task.direction}\b", episode.instruction):
         return recorded[None]
-    scene = Scene.from_dict(episode.meta["initial_scene"])
+    scene = Scene.from_dict(meta["initial_scene"])
     other = dataclasses.replace(task, direction="right" if task.direction == "left" else "left")
     if _infeasible(scene, other) is not None:
         return recorded[None]
-    final = apply_task(scene, other).object(task.target)
-    return np.stack([recorded, np.array(_pixel_centre(final, episode.meta["size"]))])
+    scenes = _sample(_script(scene, other), meta["num_frames"])
+    track = np.array([_pixel_centre(s.object(task.target), meta["size"]) for s in scenes])
+    return np.stack([recorded, track])
 
 
 def random_task(scene: Scene, rng: np.random.Generator, kinds: tuple[str, ...] = TASK_KINDS) -> Task:

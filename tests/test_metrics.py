@@ -43,6 +43,8 @@ def test_follow_error_on_ground_truth_frames():
     assert err < 2.0
     wrong = follow_error(ep.frames[0], ep.object_colors[target], ep.object_positions[target][-1])
     assert wrong > follow_tolerance(64)  # the object moved: its first position is far from the last
+    both = np.stack([ep.object_positions[target][-1], ep.object_positions[target][0]])
+    assert follow_error(ep.frames[0], ep.object_colors[target], both) < 2.0  # the nearest accepted one counts
     blank = np.zeros((64, 64, 3), np.uint8)
     assert follow_error(blank, ep.object_colors[target], ep.object_positions[target][-1]) == float("inf")
     assert follow_tolerance(128) == 2 * follow_tolerance(64)

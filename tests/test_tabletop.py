@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from sim_bridge.episode_io import iter_episodes
 from sim_bridge.instructions import PARAPHRASES, TEMPLATES, instruction_for
 from sim_bridge.tabletop import (
     EXTRUDE, PALETTE, PUSH_DIRECTIONS, TASK_KINDS, Scene, SceneObject, TableLook, Task,
-    accepted_final_positions, apply_task, locate_object, main, make_episode, render, run_task,
+    accepted_tracks, apply_task, locate_object, main, make_episode, render, run_task,
 )
 
 SIZE = 64
@@ -108,18 +109,21 @@ def test_next_to_without_a_side_accepts_either_side():
     right = Task("put_next_to", "red block", "right", "blue disc")
     assert apply_task(scene, right) and scene.candidate_tasks().count(left) == 0
     unnamed = run_task(scene, right, 8, SIZE, "put the red block next to the blue disc")
-    assert np.array_equal(accepted_final_positions(unnamed), unnamed.object_positions["red block"][-1:])
+    assert np.array_equal(accepted_tracks(unnamed), unnamed.object_positions["red block"][None])
     free = Task("put_next_to", "blue disc", "right", "red block")
     both = run_task(scene, free, 8, SIZE, "place the blue disc beside the red block")
-    accepted = accepted_final_positions(both)
+    tracks = accepted_tracks(both)
     ref = both.object_positions["red block"][-1]
-    assert np.array_equal(accepted[0], both.object_positions["blue disc"][-1]) and len(accepted) == 2
-    assert np.allclose(accepted[1], [2 * ref[0] - accepted[0][0], accepted[0][1]])  # mirrored about the red block
+    assert tracks.shape == (2, 8, 2) and np.array_equal(tracks[0], both.object_positions["blue disc"])
+    assert np.allclose(tracks[1, 0], tracks[0, 0])  # both start where the disc is
+    assert np.allclose(tracks[1, -1], [2 * ref[0] - tracks[0, -1, 0], tracks[0, -1, 1]])  # mirrored about the block
+    other = run_task(scene, dataclasses.replace(free, direction="left"), 8, SIZE)
+    assert np.allclose(tracks[1], other.object_positions["blue disc"])
     for instruction in ("put the blue disc to the right of the red block", "the blue disc belongs on the right side of the red block"):
         named = run_task(scene, free, 8, SIZE, instruction)
-        assert len(accepted_final_positions(named)) == 1
+        assert len(accepted_tracks(named)) == 1
     pushed = run_task(scene, Task("push", "red block", "left", amount=0.2), 8, SIZE)
-    assert len(accepted_final_positions(pushed)) == 1
+    assert len(accepted_tracks(pushed)) == 1
 
 
 def test_infeasible_task_is_refused_with_reason():
