@@ -21,7 +21,9 @@ from engines.base import GRAPH_IO, UNET_INPUTS
 from engines.manifest import MANIFEST_NAME, file_sha256
 from engines.onnxruntime_backend import OnnxRuntimeBackend
 from export.build_engines import BuildConfig, main
-from export.onnx_export import DQFormerGraph, FusedAttentionProcessor, fused_attention, graph_shapes, random_inputs
+from diffusers.models.activations import GEGLU
+
+from export.onnx_export import DQFormerGraph, ExportAttentionProcessor, SplitGEGLU, export_form, graph_shapes, random_inputs
 from export.validate import errors
 from foresight.pipeline import load_pipeline
 
@@ -93,9 +95,30 @@ def test_default_build_without_tensorrt_fuses_the_unets_attention(built, tiny_mo
     assert manifest["graphs"]["unet"]["onnx"]["attention"] == "onnxruntime"
     assert _op_types(out / "unet.onnx")["com.microsoft"] == {"MultiHeadAttention"}
     fused = sum(node.op_type == "MultiHeadAttention" for node in onnx.load(str(out / "unet.onnx")).graph.node)
-    with fused_attention(tiny_model.unet) as swapped:
+    with export_form(tiny_model.unet, "onnxruntime") as swapped:
         assert swapped == fused > 0  # every attention of the UNet's transformer blocks
-    assert not any(isinstance(getattr(m, "processor", None), FusedAttentionProcessor) for m in tiny_model.unet.modules())
+    assert not any(isinstance(getattr(m, "processor", None), ExportAttentionProcessor) for m in tiny_model.unet.modules())
+
+
+@pytest.mark.parametrize("attention", ["onnx", "onnxruntime"])
+def test_export_form_computes_what_the_stock_unet_computes(tiny_model, attention):
+    """The rewrites (per-clip temporal cross-attention, split GEGLU) are exact, and undone on exit."""
+    shapes = graph_shapes(tiny_model, 64, 64)
+    seed = secrets.randbits(31)
+    x = random_inputs("unet", shapes, 2, 5, torch.float32, torch.device("cpu"), torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        stock = tiny_model.unet(**x)
+        with export_form(tiny_model.unet, attention):
+            assert any(isinstance(m, SplitGEGLU) for m in tiny_model.unet.modules())
+            rewritten = tiny_model.unet(**x)
+            per_clip = {m.processor.positions for m in tiny_model.unet.modules()
+                        if isinstance(getattr(m, "processor", None), ExportAttentionProcessor)} - {None}
+        after = tiny_model.unet(**x)
+    assert errors(rewritten, stock)["max_rel"] < RTOL, f"seed {seed}"
+    assert torch.equal(after, stock)
+    assert per_clip and per_clip <= {shapes.latent_height * shapes.latent_width // 4**level for level in range(4)}
+    assert not any(isinstance(m, SplitGEGLU) for m in tiny_model.unet.modules())
+    assert any(isinstance(m, GEGLU) for m in tiny_model.unet.modules())
 
 
 def test_standard_attention_build_has_only_onnx_operators(tmp_path):
