@@ -172,6 +172,7 @@ def load_pipeline(
     backend: str = "auto",
     engines: str | None = None,
     threads: int = 0,
+    compile: bool = False,
 ) -> ForesightPipeline:
     """'tiny', 'tiny-random' or a model folder -> a ready pipeline on `device`.
 
@@ -179,6 +180,7 @@ def load_pipeline(
     export/build_engines.py. Engines that do not match the model are refused and logged, and the
     next backend is used (see engines.select); engines=None means PyTorch.
     threads: CPU threads for PyTorch and ONNX Runtime alike; 0 keeps each runtime's default.
+    compile: `torch.compile` the UNet of the PyTorch backend.
     """
     if threads < 0:
         raise ValueError(f"threads must be >= 0, got {threads}")
@@ -186,5 +188,6 @@ def load_pipeline(
         torch.set_num_threads(threads)
     model, card = load_model(spec, dtype=dtype)
     model = model.to(device)
-    runner, info = load_backend(model, backend, engines, ort_options=OrtOptions(intra_op_threads=threads))
+    runner, info = load_backend(model, backend, engines, ort_options=OrtOptions(intra_op_threads=threads),
+                                  compile=compile)
     return ForesightPipeline(model, card, backend=runner, backend_info=info)
