@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 READY_TIMEOUT_S = 600.0  # loading a model on a busy CPU can take minutes
 STOP_TIMEOUT_S = 30.0
 SERVE_PROGRAM = ("import argparse, sys\n"
-                 "from foresight.node.server import add_serve_arguments, run_serve\n"
+                 "from foresight.node.cli import add_serve_arguments, run_serve\n"
                  "parser = argparse.ArgumentParser(prog='foresight serve')\n"
                  "add_serve_arguments(parser)\n"
                  "sys.exit(run_serve(parser.parse_args()))\n")
