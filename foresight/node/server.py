@@ -4,6 +4,11 @@ The front knows the model only through the small `Worker` interface (foresight.n
 validates and decodes requests, submits jobs, and sends the replies that the worker's completion
 callbacks leave in its outbox (ZeroMQ sockets are not thread-safe, so only the front's thread
 touches the socket; a wake-up pipe tells it a reply is waiting).
+
+One slow message must never stall the others: the front itself decodes only messages of at
+most `INLINE_BYTES` (health, info, small requests: bounded by their size), and hands larger ones
+to a few intake threads, with the bytes waiting there capped. Decoding is bounded in what it may
+allocate (`wire.DecodeLimits`) and images are sized from their headers before being decoded.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import queue
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +34,7 @@ from zmq.auth.thread import ThreadAuthenticator
 from foresight.node import wire
 from foresight.node.images import encode_jpeg, prepare_frames
 from foresight.node.protocol import (
+    FIELDS,
     PROTOCOL_VERSION,
     ErrorCode,
     Limits,
@@ -59,6 +66,10 @@ DEFAULT_DRAIN_TIMEOUT_S = 120.0
 POLL_MS = 200  # upper bound on how late the front notices a stop request
 RECV_BURST = 64  # messages taken per loop turn before replies are flushed again
 CLOSE_LINGER_MS = 2000  # time given to the last replies to leave on shutdown
+INLINE_BYTES = 64 * 2**10  # bodies this small are decoded on the front's own thread
+INTAKE_THREADS = 2  # threads decoding larger messages (images, raw frames)
+INTAKE_MESSAGES = 2  # maximal messages that may wait for or be in intake before OVERLOADED
+DECODE_LIMITS = wire.DecodeLimits()
 
 
 @dataclass(frozen=True)
@@ -66,13 +77,44 @@ class ServerConfig:
     """How the node listens and how much work it accepts."""
 
     bind: str = DEFAULT_BIND
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES  # the whole multipart message
     max_queue: int = DEFAULT_MAX_QUEUE
     max_batch: int = DEFAULT_MAX_BATCH
     drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S
     limits: Limits = Limits()
     curve_secret_file: Path | None = None  # server certificate with its secret key (zmq.auth format)
     curve_clients_dir: Path | None = None  # allow-list: one public-key certificate per client
+    insecure: bool = False  # allow a non-loopback bind without CURVE
+
+
+def curve_keys(config: ServerConfig) -> tuple[bytes, bytes] | None:
+    """The server's (public, secret) CURVE keys, or None for a plain loopback node.
+
+    Raises ValueError with a one-line reason for a setup that would serve strangers or cannot work.
+    """
+    if config.curve_secret_file is None:
+        if not is_loopback(config.bind) and not config.insecure:
+            raise ValueError(f"refusing to bind {config.bind} without CURVE: give --curve-secret and --curve-clients, "
+                             "or --insecure to serve anyone who can reach it")
+        return None
+    clients, secret_file = config.curve_clients_dir, Path(config.curve_secret_file)
+    if clients is None:
+        raise ValueError("CURVE needs --curve-clients, a folder of allowed client public keys")
+    if not Path(clients).is_dir():
+        raise ValueError(f"the allowed-clients folder {str(clients)!r} does not exist or is not a folder")
+    if not secret_file.is_file():
+        raise ValueError(f"the server secret file {str(secret_file)!r} does not exist")
+    try:
+        public, secret = zmq.auth.load_certificate(secret_file)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{str(secret_file)!r} is not a zmq.auth certificate ({exc})") from exc
+    if secret is None:
+        raise ValueError(f"{str(secret_file)!r} holds only a public key; give the .key_secret file")
+    return public, secret
+
+
+def is_loopback(endpoint: str) -> bool:
+    return endpoint.startswith(("ipc://", "inproc://", "tcp://127.", "tcp://localhost:", "tcp://[::1]:"))
 
 
 class NodeServer:
@@ -85,6 +127,7 @@ class NodeServer:
 
     def __init__(self, worker: Worker | Predictor, config: ServerConfig = ServerConfig()):
         """worker: what runs the model; a bare model (Predictor) gets a LocalWorker of its own."""
+        keys = curve_keys(config)
         self.config = config
         self._worker: Worker = worker if hasattr(worker, "submit") else LocalWorker(worker, config.max_queue, config.max_batch)
         self.spec = self._worker.spec
@@ -95,24 +138,23 @@ class NodeServer:
         self._stopping = threading.Event()
         self._started = time.time()
         self._served = 0
+        self._intake = ThreadPoolExecutor(INTAKE_THREADS, thread_name_prefix="foresight-intake")
+        self._intake_lock = threading.Lock()
+        self._intake_bytes = 0
+        self._intake_count = 0
         self._ctx = zmq.Context()
         self._auth: ThreadAuthenticator | None = None
         self._socket = self._ctx.socket(zmq.ROUTER)
-        self._socket.setsockopt(zmq.MAXMSGSIZE, config.max_message_bytes)
+        self._socket.setsockopt(zmq.MAXMSGSIZE, config.max_message_bytes)  # per frame; the whole message is checked below
         self._socket.setsockopt(zmq.LINGER, CLOSE_LINGER_MS)
-        if config.curve_secret_file is not None:
-            self._setup_curve(config.curve_secret_file, config.curve_clients_dir)
-        elif not _is_local(config.bind):
-            log.warning("binding %s without CURVE: anyone who can reach it can use the model", config.bind)
+        if keys is not None:
+            self._setup_curve(*keys, config.curve_clients_dir)
+        elif not is_loopback(config.bind):
+            log.warning("binding %s without CURVE (--insecure): anyone who can reach it can use the model", config.bind)
         self._socket.bind(config.bind)
         self.endpoint: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
 
-    def _setup_curve(self, secret_file: Path, clients_dir: Path | None) -> None:
-        if clients_dir is None or not Path(clients_dir).is_dir():
-            raise ValueError(f"CURVE needs a folder of allowed client public keys, got {clients_dir!r}")
-        public, secret = zmq.auth.load_certificate(secret_file)
-        if secret is None:
-            raise ValueError(f"{secret_file} holds no secret key (give the .key_secret file)")
+    def _setup_curve(self, public: bytes, secret: bytes, clients_dir: Path) -> None:
         self._auth = ThreadAuthenticator(self._ctx, log=logging.getLogger(f"{__name__}.auth"))
         self._auth.start()
         self._auth.configure_curve(domain="*", location=str(clients_dir))
@@ -131,6 +173,12 @@ class NodeServer:
             os.write(self._wake_w, b"x")
         except BlockingIOError:  # pipe full: a wake-up is already pending
             return
+
+    @property
+    def pending(self) -> int:
+        """Requests accepted and not yet answered: in intake, queued or running."""
+        with self._intake_lock:
+            return self._intake_count + self._worker.health()["pending"]
 
     def run(self) -> None:
         """Serve until stop(); then finish accepted work, send its replies and close."""
@@ -151,19 +199,20 @@ class NodeServer:
                     self._receive_burst()
                 if self._stopping.is_set():
                     if drain_until is None:
-                        log.info("stopping: draining %d pending requests", self._worker.health()['pending'])
+                        log.info("stopping: draining %d pending requests", self.pending)
                         self._worker.stop_accepting()
                         drain_until = time.monotonic() + self.config.drain_timeout_s
-                    if self._worker.health()['pending'] == 0:
+                    if self.pending == 0:
                         self._flush_replies()
                         break
                     if time.monotonic() > drain_until:
-                        log.warning("drain timed out with %d requests pending", self._worker.health()['pending'])
+                        log.warning("drain timed out with %d requests pending", self.pending)
                         break
         finally:
             self._close()
 
     def _close(self) -> None:
+        self._intake.shutdown(wait=True, cancel_futures=True)
         self._worker.stop_accepting()
         self._worker.join(timeout=1.0)
         self._socket.close()  # lingers CLOSE_LINGER_MS so the last replies leave
@@ -189,46 +238,92 @@ class NodeServer:
                 return
             self._send(envelope, reply)
 
+    def _post(self, envelope: list[bytes], reply: dict) -> None:
+        """Queue a reply from another thread; the front's thread sends it."""
+        self._outbox.put((envelope, reply))
+        self._wake()
+
     def _receive_burst(self) -> None:
         for _ in range(RECV_BURST):
             try:
-                parts = self._socket.recv_multipart(zmq.NOBLOCK, copy=True)
+                parts = self._socket.recv_multipart(zmq.NOBLOCK, copy=False)  # frames stay in ZeroMQ's buffers
             except zmq.Again:
                 return
-            self._handle(parts)
+            self._admit(parts, time.perf_counter())
 
     def _send(self, envelope: list[bytes], reply: dict) -> None:
         try:
             body = wire.packb(reply)
         except (TypeError, ValueError, OverflowError) as exc:
             log.error("could not encode reply to %r: %s", reply.get("id"), exc)
-            body = wire.packb(error_reply(None, NodeError(ErrorCode.BAD_TYPE, f"reply not encodable: {exc}")))
+            error = NodeError(ErrorCode.BAD_TYPE, f"reply not encodable: {exc}")
+            body = wire.packb(error_reply(reply.get("id"), error) | {"timing": reply.get("timing", {})})
         try:
             self._socket.send_multipart(envelope + [body], zmq.NOBLOCK)
         except zmq.Again:
             log.warning("dropped a reply: client %r is not reading", envelope[0])
         self._served += 1
 
-    def _handle(self, parts: list[bytes]) -> None:
-        received = time.perf_counter()
-        split = 2 if len(parts) > 2 and parts[1] == b"" else 1  # REQ puts an empty delimiter first
-        envelope, body = parts[:split], parts[split:]
-        rid = None
+    def _admit(self, parts: list[zmq.Frame], received: float) -> None:
+        """Check a message's frames and size; decode it here if small, else in intake."""
+        split = 2 if len(parts) > 2 and len(parts[1]) == 0 else 1  # REQ puts an empty delimiter first
+        envelope, body = [p.bytes for p in parts[:split]], parts[split:]
+        size = sum(len(p) for p in parts)
         try:
+            if size > self.config.max_message_bytes:
+                raise NodeError(ErrorCode.TOO_LARGE, f"the message has {size} bytes in all frames, "
+                                                     f"more than the {self.config.max_message_bytes} allowed")
             if len(body) != 1:
                 raise NodeError(ErrorCode.BAD_MSGPACK, f"a message is one msgpack frame, got {len(body)} frames")
-            message = wire.unpackb(body[0])
+            data = body[0].buffer
+            if len(data) <= INLINE_BYTES:
+                reply = self._decode(envelope, data, received)
+                if reply is not None:
+                    self._send(envelope, reply)
+                return
+            with self._intake_lock:
+                if self._intake_bytes + size > INTAKE_MESSAGES * self.config.max_message_bytes:
+                    raise NodeError(ErrorCode.OVERLOADED, f"{self._intake_count} large messages are being decoded; retry later")
+                self._intake_bytes += size
+                self._intake_count += 1
+            self._intake.submit(self._decode_in_intake, envelope, data, size, received)
+        except NodeError as exc:
+            self._send(envelope, _timed(error_reply(None, exc), received))
+
+    def _decode_in_intake(self, envelope: list[bytes], data: memoryview, size: int, received: float) -> None:
+        try:
+            reply = self._decode(envelope, data, received)
+        except Exception as exc:  # a bug must still answer, so a REQ client is not left waiting
+            log.exception("could not decode a request")
+            reply = _timed(error_reply(None, NodeError(ErrorCode.MODEL_ERROR, f"the node failed on this request: {exc}")), received)
+        finally:
+            del data  # let ZeroMQ's buffer go before the byte count says it has
+            with self._intake_lock:
+                self._intake_bytes -= size
+                self._intake_count -= 1
+        if reply is not None:
+            self._post(envelope, reply)
+        else:
+            self._wake()  # the drain loop may be waiting for intake to empty
+
+    def _decode(self, envelope: list[bytes], data: memoryview, received: float) -> dict | None:
+        """Decode and validate one body; submit a predict job (None) or return the reply to send."""
+        rid = None
+        try:
+            message = wire.unpack_plain(data, DECODE_LIMITS)
+            rid = request_id(message)  # a plain id is echoed even if a numpy field below is refused
+            message = wire.decode_fields(message, FIELDS)
             rid = request_id(message)
             request = parse_request(message, self.spec, self.config.limits)
             if isinstance(request, MetaRequest):
-                self._send(envelope, self._meta_reply(request, received))
-            elif self._stopping.is_set():  # health says "draining" from this moment on: refuse alike
+                return self._meta_reply(request, received)
+            if self._stopping.is_set():  # health says "draining" from this moment on: refuse alike
                 raise NodeError(ErrorCode.SHUTTING_DOWN, SHUTTING_DOWN_MESSAGE)
-            else:
-                self._worker.submit(self._job(request, envelope, received))
+            self._worker.submit(self._job(request, envelope, received))
+            return None
         except NodeError as exc:
             log.debug("refused request %r: %s", rid, exc)
-            self._send(envelope, error_reply(rid, exc) | {"timing": {"total_s": time.perf_counter() - received}})
+            return _timed(error_reply(rid, exc), received)
 
     def _job(self, request: PredictRequest, envelope: list[bytes], received: float) -> Job:
         if request.deadline is not None and request.deadline < time.time():
@@ -249,13 +344,12 @@ class NodeServer:
             except Exception as exc:  # e.g. JPEG encoding failed: still answer, so a REQ client is not left waiting
                 log.exception("could not build the reply to %r", request.id)
                 reply = error_reply(request.id, NodeError(ErrorCode.MODEL_ERROR, f"reply failed: {exc}"))
-            self._outbox.put((envelope, reply))
-            self._wake()
+            self._post(envelope, reply)
 
         return Job(frames, request.instructions, request.seeds, settings, request.deadline, on_done)
 
     def _predict_reply(self, request: PredictRequest, result: JobResult, received: float, decode_s: float) -> dict:
-        """Built in the worker thread, so JPEG encoding does not hold up the front."""
+        """Built in the worker's thread, so JPEG encoding does not hold up the front."""
         timing = {"decode_s": decode_s, "queue_s": result.queue_s, "infer_s": result.infer_s, "batch": result.batch}
         if result.error is not None:
             return error_reply(request.id, result.error) | {"timing": timing | {"total_s": time.perf_counter() - received}}
@@ -267,11 +361,12 @@ class NodeServer:
 
     def _meta_reply(self, request: MetaRequest, received: float) -> dict:
         if request.method == "health":
-            fields = {
+            fields = self._worker.health() | {
                 "status": "draining" if self._stopping.is_set() else "ok",
+                "pending": self.pending,
                 "uptime_s": time.time() - self._started,
                 "served": self._served,
-            } | self._worker.health()
+            }
         else:
             fields = self._worker.describe() | {
                 "size": [self.spec.height, self.spec.width],
@@ -287,12 +382,12 @@ class NodeServer:
         return ok_reply(request.id, **fields, timing={"total_s": time.perf_counter() - received})
 
 
+def _timed(reply: dict, received: float) -> dict:
+    return reply | {"timing": {"total_s": time.perf_counter() - received}}
+
+
 def _or(value: float | None, default: Any) -> float:
     return float(default) if value is None else value
-
-
-def _is_local(endpoint: str) -> bool:
-    return endpoint.startswith(("ipc://", "inproc://", "tcp://127.", "tcp://localhost:", "tcp://[::1]:"))
 
 
 def serve(worker: Worker | Predictor, config: ServerConfig = ServerConfig()) -> None:

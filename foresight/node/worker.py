@@ -123,12 +123,14 @@ def model_summary(card: dict) -> dict:
 class LocalWorker:
     """Runs jobs on a model in one thread of this process; batches queued jobs with equal settings."""
 
-    def __init__(self, predictor: Predictor, max_queue: int = DEFAULT_MAX_QUEUE, max_batch: int = DEFAULT_MAX_BATCH):
+    def __init__(self, predictor: Predictor, max_queue: int = DEFAULT_MAX_QUEUE, max_batch: int = DEFAULT_MAX_BATCH,
+                 labels: dict | None = None):
+        """labels: added to the model summary of every result (a Ray replica's id and process)."""
         self.predictor = predictor
         self.spec = ModelSpec(predictor.height, predictor.width, predictor.num_frames, predictor.context_frames)
         self.defaults = dict(predictor.defaults)
         self.card = predictor.info()
-        self.summary = model_summary(self.card)
+        self.summary = model_summary(self.card) | (labels or {})
         self.max_queue = max_queue
         self.max_batch = max_batch
         self._jobs: deque[Job] = deque()
