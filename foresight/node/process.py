@@ -1,7 +1,7 @@
 """A node in a child process, as a robot meets it: `foresight serve` on a free localhost port.
 
-The demo and the benchmark both start nodes this way. The child runs the server module's own
-entry point, so neither depends on how the command line is wired. It is stopped with SIGTERM
+The demo and the benchmark both start nodes this way. The child runs `foresight.node.cli`'s
+entry point directly, so neither depends on how the command line is wired. It is stopped with SIGTERM
 (it drains and exits) in every case, errors and Ctrl-C included, and killed if it does not exit
 in time.
 """

@@ -179,7 +179,8 @@ class RayWorker:
             self._accepting = False
 
     def join(self, timeout: float | None = None) -> bool:
-        self._pool.shutdown(wait=timeout is None or timeout > 0)
+        """The front drains in-flight requests before this; whatever is left is not waited for."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             return self._inflight == 0
 
