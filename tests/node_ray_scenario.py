@@ -68,7 +68,7 @@ def both_serve(pipe, endpoint: str) -> dict:
     return {"ok": sum(r["ok"] for r in replies), "replicas": sorted({r["model"]["replica"] for r in replies if r["ok"]})}
 
 
-def kill_under_load(pipe, endpoint: str, deployment_replicas: int) -> dict:
+def kill_under_load(pipe, endpoint: str) -> dict:
     """SIGKILL one replica while clients keep sending; count client errors until it is replaced."""
     stop = threading.Event()
     outcomes: list[dict] = []
@@ -129,7 +129,7 @@ def main() -> None:
         thread.start()
         results["identity"] = bit_identity(pipe, server.endpoint)
         results["both"] = both_serve(pipe, server.endpoint)
-        results["kill"] = kill_under_load(pipe, server.endpoint, 2)
+        results["kill"] = kill_under_load(pipe, server.endpoint)
         socket = dealer(server.endpoint)
         info = ask(socket, {"method": "info"})
         socket.close()

@@ -51,7 +51,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    """Entry point of `foresight serve`: load the model, serve until a signal, exit 0 (2 on a bad setup)."""
+    """Entry point of `foresight serve`: load the model, serve until a signal, exit 0 (SystemExit 2 on a bad setup)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = ServerConfig(
         bind=args.bind,
@@ -67,7 +67,7 @@ def run_serve(args: argparse.Namespace) -> int:
         check_ray_arguments(args)
     except ValueError as exc:
         print(f"foresight serve: error: {exc}", file=sys.stderr)
-        return 2
+        raise SystemExit(2) from None  # an exit status, whichever entry point called this
     if args.ray is not None:
         return serve_through_ray(args, config)
     # Load on a short-lived thread so the main thread never owns an OpenMP pool. Pools are per
@@ -93,7 +93,7 @@ def serve_through_ray(args: argparse.Namespace, config: ServerConfig) -> int:
         from foresight.node import ray_worker
     except ImportError as exc:
         print(f"foresight serve: error: --ray needs the ray extra (pip install 'foresight[ray]'): {exc}", file=sys.stderr)
-        return 2
+        raise SystemExit(2) from None
     import ray
     from ray import serve as ray_serve
 
