@@ -17,7 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Iterator
 
-from bench import backends, diffusers_svd, node, report, scaling
+from bench import backends, diffusers_svd, fleet, node, report, scaling
 from bench.core import IDLE_CORES, OtherLoad, Plan, machine_info, set_threads
 from bench.models import ModelSource, default_model
 from foresight.node.process import running_node
@@ -35,6 +35,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch and ONNX Runtime intra-op threads")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda for TensorRT FP16 engines (GPU path untested here)")
     parser.add_argument("--quick", action="store_true", help="smoke run: every section once at tiny sizes")
+    parser.add_argument("--fleet", action="store_true",
+                        help="only the Ray Serve fleet bench (1 vs 2 replicas; needs ray and ../shared/loopback-only)")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser.parse_args(argv)
 
@@ -98,6 +100,8 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("transformers", "diffusers", "export", "engines", "foresight"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.fleet:
+        return {"fleet": fleet.run_isolated(args.out, args.quick)}  # prints its own table
     set_threads(args.threads)
     plan = Plan.quick() if args.quick else Plan()
     spec = args.model or default_model()

@@ -3,7 +3,7 @@
 The nodes run as `foresight serve` child processes (tcp loopback, REQ clients), as a robot
 meets them, with the same thread count as the in-process calls they are compared against. A
 node in a thread of this process would be slowed by a second OpenMP pool (see
-foresight.node.server.run_serve).
+foresight.node.cli.run_serve).
 """
 
 from __future__ import annotations

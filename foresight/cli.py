@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engines", default=None, help="engine folder from export/build_engines.py (default: none, PyTorch)")
     p.set_defaults(func=cmd_predict)
 
-    from foresight.node.server import add_serve_arguments, run_serve
+    from foresight.node.cli import add_serve_arguments, run_serve
 
     p = sub.add_parser("serve", help="run the ZeroMQ foresight node")
     add_serve_arguments(p)

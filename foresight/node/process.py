@@ -1,7 +1,7 @@
 """A node in a child process, as a robot meets it: `foresight serve` on a free localhost port.
 
-The demo and the benchmark both start nodes this way. The child runs the server module's own
-entry point, so neither depends on how the command line is wired. It is stopped with SIGTERM
+The demo and the benchmark both start nodes this way. The child runs `foresight.node.cli`'s
+entry point directly, so neither depends on how the command line is wired. It is stopped with SIGTERM
 (it drains and exits) in every case, errors and Ctrl-C included, and killed if it does not exit
 in time.
 """
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 READY_TIMEOUT_S = 600.0  # loading a model on a busy CPU can take minutes
 STOP_TIMEOUT_S = 30.0
 SERVE_PROGRAM = ("import argparse, sys\n"
-                 "from foresight.node.server import add_serve_arguments, run_serve\n"
+                 "from foresight.node.cli import add_serve_arguments, run_serve\n"
                  "parser = argparse.ArgumentParser(prog='foresight serve')\n"
                  "add_serve_arguments(parser)\n"
                  "sys.exit(run_serve(parser.parse_args()))\n")

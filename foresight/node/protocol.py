@@ -16,6 +16,7 @@ import numpy as np
 
 PROTOCOL_VERSION = 1
 METHODS = ("predict", "info", "health")
+FIELDS = ("method", "id", "frames", "instruction", "num_frames", "steps", "guidance", "seed", "encoding", "deadline")
 ENCODINGS = ("raw", "jpeg")
 MAX_SEED = 2**32 - 1  # numpy and torch generators both accept this range
 QUOTE_CHARS = 80  # error messages quote at most this much of a bad value
@@ -50,6 +51,10 @@ class NodeError(Exception):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+
+    def __reduce__(self) -> tuple:
+        """Pickle by code and message, so the error crosses process boundaries (Ray) intact."""
+        return NodeError, (self.code, self.message)
 
 
 @dataclass(frozen=True)
@@ -118,8 +123,16 @@ def quote(value: Any) -> str:
 
 
 def request_id(message: Any) -> Any:
-    """The id to echo, even for a request that fails validation."""
-    return message.get("id") if isinstance(message, dict) else None
+    """The id to echo, even for a request that fails validation; None when it cannot be echoed."""
+    rid = message.get("id") if isinstance(message, dict) else None
+    return rid if _echoable(rid) else None
+
+
+def _echoable(value: Any) -> bool:
+    """Plain msgpack scalars, and numpy booleans and numbers of at most 8 bytes, travel back unchanged."""
+    if value is None or isinstance(value, (bool, int, float, str, bytes)):
+        return True
+    return isinstance(value, np.generic) and value.dtype.kind in "biuf" and value.dtype.itemsize <= 8
 
 
 def parse_request(message: Any, spec: ModelSpec, limits: Limits = Limits()) -> PredictRequest | MetaRequest:
@@ -131,6 +144,8 @@ def parse_request(message: Any, spec: ModelSpec, limits: Limits = Limits()) -> P
         raise NodeError(ErrorCode.BAD_TYPE, f"'method' must be a string, got {quote(method)}")
     if method not in METHODS:
         raise NodeError(ErrorCode.UNKNOWN_METHOD, f"unknown method {quote(method)}; expected one of {METHODS}")
+    if not _echoable(message.get("id")):
+        raise NodeError(ErrorCode.BAD_TYPE, f"'id' must be nil, a boolean, a number, a string or bytes, got {quote(message['id'])}")
     if method != "predict":
         return MetaRequest(id=message.get("id"), method=method)
 
@@ -139,7 +154,7 @@ def parse_request(message: Any, spec: ModelSpec, limits: Limits = Limits()) -> P
     num_frames = _optional_int(message, "num_frames", spec.context_frames + 1, spec.num_frames)
     steps = _optional_int(message, "steps", 1, limits.max_steps)
     guidance_frame, guidance_text = _parse_guidance(message.get("guidance"), limits)
-    encoding = message.get("encoding", "raw")
+    encoding = _or_default(message, "encoding", "raw")
     if not isinstance(encoding, str) or encoding not in ENCODINGS:
         raise NodeError(ErrorCode.BAD_TYPE, f"'encoding' must be one of {ENCODINGS}, got {quote(encoding)}")
     deadline = message.get("deadline")
@@ -149,7 +164,7 @@ def parse_request(message: Any, spec: ModelSpec, limits: Limits = Limits()) -> P
         id=message.get("id"),
         frames=frames,
         instructions=instructions,
-        seeds=_parse_seeds(message.get("seed", 0), len(instructions)),
+        seeds=_parse_seeds(_or_default(message, "seed", 0), len(instructions)),
         num_frames=num_frames,
         steps=steps,
         guidance_frame=guidance_frame,
@@ -160,9 +175,15 @@ def parse_request(message: Any, spec: ModelSpec, limits: Limits = Limits()) -> P
 
 
 def _require(message: dict, field: str) -> Any:
-    if field not in message:
-        raise NodeError(ErrorCode.MISSING_FIELD, f"missing field {field!r}")
+    if message.get(field) is None:
+        raise NodeError(ErrorCode.MISSING_FIELD, f"missing field {field!r}" + (" (nil)" if field in message else ""))
     return message[field]
+
+
+def _or_default(message: dict, field: str, default: Any) -> Any:
+    """Optional fields: absent and nil both mean the default."""
+    value = message.get(field)
+    return default if value is None else value
 
 
 def _parse_frames(frames: Any, spec: ModelSpec, limits: Limits) -> np.ndarray | tuple[bytes, ...]:

@@ -7,22 +7,51 @@ An array travels as a map with binary keys, exactly as openpi writes it:
 scalar as `{b"__npgeneric__": True, b"data": <item>, b"dtype": "<i8"}`; text keys are accepted
 too. Object, void (structured) and complex dtypes are refused: decoding an object array from
 bytes would treat peer data as pointers. Imports numpy and msgpack only.
+
+Decoding is bounded (`DecodeLimits`): what one message may make the decoder allocate is capped
+by item counts, not only by its byte size, since 24 MiB of nils would otherwise become 24 million
+list slots. A decoding error says what is wrong in the protocol's terms, not msgpack's.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from dataclasses import dataclass
+from typing import Any, Collection
 
 import msgpack
 import numpy as np
 
 from foresight.node.protocol import ErrorCode, NodeError, quote
 
-REFUSED_KINDS = frozenset("VOc")  # void/structured, object, complex: the same set openpi refuses
+REFUSED_KINDS = frozenset("VOcT")  # void/structured, object, complex (as openpi), and variable-width strings
 MAX_DIMS = 32
 MAX_DTYPE_CHARS = 16
+MAX_NESTING = 1023  # msgpack's own decoder stack: deeper input is refused while decoding
+MAX_VALUE_DEPTH = 32  # nesting searched for numpy values; a valid request needs 3
 _ARRAY_KEYS = (b"__ndarray__", "__ndarray__")
 _SCALAR_KEYS = (b"__npgeneric__", "__npgeneric__")
+_LENGTH_LIMIT = re.compile(r"(\d+) exceeds max_(array|map|str|bin|ext)_len\((\d+)\)")
+_LIMIT_WORDS = {"array": "an array of {} items", "map": "a map of {} entries", "str": "a string of {} bytes",
+                "bin": "a binary of {} bytes", "ext": "an extension value of {} bytes"}
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """What one message may hold; a valid request uses a few dozen items."""
+
+    max_items: int = 65_536  # entries in all maps and arrays together
+    max_container: int = 4096  # entries in one map or array
+    max_str_bytes: int = 2**16
+    max_bin_bytes: int = 2**31 - 1  # binaries are bounded by the message size
+
+
+@dataclass(frozen=True)
+class UnsupportedExt:
+    """A msgpack extension value: carried through decoding, refused as BAD_TYPE where a field is read."""
+
+    code: int
+    size: int
 
 
 def packb(obj: Any) -> bytes:
@@ -30,22 +59,85 @@ def packb(obj: Any) -> bytes:
     return msgpack.packb(obj, default=_encode, use_bin_type=True)
 
 
-def unpackb(data: bytes) -> Any:
-    """Decode one message; raise NodeError (BAD_MSGPACK, BAD_DTYPE, BAD_SHAPE) on anything malformed.
+def unpackb(data: bytes, limits: DecodeLimits = DecodeLimits()) -> Any:
+    """Decode one message with numpy values anywhere in it (how a client reads a reply).
 
-    Arrays come back read-only and zero-copy over the message buffer.
+    Raise NodeError (BAD_MSGPACK, BAD_DTYPE, BAD_SHAPE, BAD_TYPE) on anything malformed.
+    Arrays come back read-only over the decoded binary.
     """
+    return decode_numpy(unpack_plain(data, limits))
+
+
+def decode_fields(message: Any, fields: Collection[str]) -> Any:
+    """Numpy values only inside the named fields of a decoded request map (how the node reads one).
+
+    Unknown fields stay plain msgpack values and cost no numpy work; a top-level map is always
+    the request itself, even when it has an `__ndarray__` key.
+    """
+    if not isinstance(message, dict):
+        return message
+    return {key: decode_numpy(value) if key in fields else value for key, value in message.items()}
+
+
+def unpack_plain(data: bytes, limits: DecodeLimits = DecodeLimits()) -> Any:
+    """One msgpack message -> plain Python values, within `limits`; ext values become UnsupportedExt."""
+    budget = [limits.max_items]
+
+    def count(container: Any) -> Any:
+        budget[0] -= len(container)
+        if budget[0] < 0:
+            raise NodeError(ErrorCode.BAD_MSGPACK, f"the message holds more than {limits.max_items} map and array entries")
+        return container
+
     try:
-        return msgpack.unpackb(data, object_hook=_decode, raw=False)
+        return msgpack.unpackb(
+            data, raw=False, strict_map_key=True, list_hook=count, object_hook=count,
+            ext_hook=lambda code, payload: UnsupportedExt(code, len(payload)),
+            max_array_len=limits.max_container, max_map_len=limits.max_container,
+            max_str_len=limits.max_str_bytes, max_bin_len=limits.max_bin_bytes, max_ext_len=limits.max_str_bytes,
+        )
     except NodeError:
         raise
-    except (ValueError, TypeError, msgpack.UnpackException, RecursionError) as exc:
-        raise NodeError(ErrorCode.BAD_MSGPACK, f"not one valid msgpack message ({type(exc).__name__}: {exc})") from exc
+    except Exception as exc:  # msgpack raises ValueError and its subclasses, and hooks may raise anything
+        raise NodeError(ErrorCode.BAD_MSGPACK, _explain(exc)) from exc
+
+
+def _explain(exc: Exception) -> str:
+    """A msgpack decoding error, said in the protocol's terms."""
+    if isinstance(exc, msgpack.ExtraData):
+        return "more data follows the first msgpack value; a message is exactly one value"
+    if isinstance(exc, msgpack.StackError):
+        return f"maps and arrays nest more than {MAX_NESTING} levels deep"
+    if isinstance(exc, msgpack.FormatError):
+        return "not msgpack: a byte that starts no msgpack value"
+    if isinstance(exc, UnicodeDecodeError):
+        return f"a string is not valid UTF-8 (byte {exc.start})"
+    text = str(exc)
+    limit = _LENGTH_LIMIT.search(text)
+    if limit:
+        size, kind, most = limit.groups()
+        return f"{_LIMIT_WORDS[kind].format(size)}, more than the {most} allowed"
+    if "strict_map_key" in text:
+        return "map keys must be strings"
+    if "incomplete input" in text:
+        return "the message ends in the middle of a msgpack value"
+    return f"not one valid msgpack message ({type(exc).__name__})"
+
+
+def decode_numpy(value: Any, depth: int = 0) -> Any:
+    """Turn openpi array and scalar maps inside `value` (maps, lists, or the value itself) into numpy."""
+    if depth > MAX_VALUE_DEPTH:
+        raise NodeError(ErrorCode.BAD_TYPE, f"a value nests maps and arrays more than {MAX_VALUE_DEPTH} levels deep")
+    if isinstance(value, list):
+        return [decode_numpy(item, depth + 1) for item in value]
+    if isinstance(value, dict):
+        return _decode({key: decode_numpy(item, depth + 1) for key, item in value.items()})
+    return value
 
 
 def _encode(obj: Any) -> Any:
     if isinstance(obj, (np.ndarray, np.generic)) and obj.dtype.kind in REFUSED_KINDS:
-        raise ValueError(f"refusing to send dtype {obj.dtype}: object/void/complex data cannot travel safely")
+        raise ValueError(f"refusing to send dtype {obj.dtype}: object/void/complex/variable-width string data cannot travel safely")
     if isinstance(obj, np.ndarray):
         return {
             b"__ndarray__": True,
@@ -76,7 +168,7 @@ def _dtype(obj: dict) -> np.dtype:
     except (TypeError, ValueError, SyntaxError) as exc:
         raise NodeError(ErrorCode.BAD_DTYPE, f"unknown dtype {quote(text)}") from exc
     if dtype.kind in REFUSED_KINDS or dtype.itemsize == 0:
-        raise NodeError(ErrorCode.BAD_DTYPE, f"refused dtype {quote(text)}: object, void, complex or sizeless")
+        raise NodeError(ErrorCode.BAD_DTYPE, f"refused dtype {quote(text)}: object, void, complex, variable-width string or sizeless")
     return dtype
 
 
