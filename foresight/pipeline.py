@@ -203,7 +203,7 @@ def load_pipeline(
     next backend is used (see engines.select); engines=None means PyTorch.
     threads: CPU threads for PyTorch and ONNX Runtime alike; 0 keeps each runtime's default.
     compile: `torch.compile` the UNet of the PyTorch backend; the first request compiles it
-    (minutes for the real UNet), so a server warms it up before it reports healthy.
+    (16-19 s for the tiny UNet on 2 CPU cores), so a server warms it up before it reports healthy.
     """
     if threads < 0:
         raise ValueError(f"threads must be >= 0, got {threads}")
@@ -214,7 +214,7 @@ def load_pipeline(
         torch.backends.cuda.matmul.fp32_precision = "tf32"
         torch.backends.cudnn.conv.fp32_precision = "tf32"
     if torch.device(device).type == "cpu" and dtype == torch.float16:
-        logger.warning("fp16 on a CPU runs many kernels emulated (20x slower than fp32 on the tiny model); use bf16")
+        logger.warning("fp16 on a CPU runs many kernels emulated (15x slower than fp32 on the tiny model); use bf16")
     model, card = load_model(spec, dtype=dtype)
     model = model.to(device=device, dtype=dtype)
     runner, info = load_backend(model, backend, engines, ort_options=OrtOptions(intra_op_threads=threads),
