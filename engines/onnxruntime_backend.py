@@ -16,10 +16,9 @@ logger = logging.getLogger(__name__)
 _NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(bool)": np.bool_}
 _TORCH = {np.float32: torch.float32, np.float16: torch.float16, np.bool_: torch.bool}
 _LEVELS = ("disable", "basic", "extended", "all")
-_shared_pool_threads: int | None = None  # the process-wide intra-op pool's size, once made (it cannot be resized)
 
 
-def available() -> str | None:
+def missing_reason() -> str | None:
     """None when ONNX Runtime can be used, else why not."""
     try:
         import onnxruntime  # noqa: F401
@@ -31,7 +30,7 @@ def available() -> str | None:
 @dataclass(frozen=True)
 class OrtOptions:
     """Session settings. intra_op_threads 0 = ONNX Runtime's default (one per physical core); the
-    first backend of a process sets it for all (see _shared_pool).
+    first backend of a process sets it for all (see make_process_pool).
 
     providers None = the best present for the device: TensorRT EP, CUDA EP, CPU on a GPU; CPU otherwise.
     """
@@ -47,24 +46,24 @@ class OrtOptions:
             raise ValueError(f"intra_op_threads must be >= 0, got {self.intra_op_threads}")
 
 
-def _shared_pool(threads: int) -> int:
-    """Size of the process-wide intra-op pool every session runs on; the first backend sets it.
+def make_process_pool(threads: int) -> int | None:
+    """Create ONNX Runtime's process-wide intra-op pool with `threads`; None if it exists already.
 
-    Separate per-session pools cost time on a small CPU: the UNet's threads keep spinning after
-    its run and take the cores from the VAE decoder's threads (its decode took 1.5x as long).
-    ONNX Runtime creates the shared pool once per process and cannot resize it, so a later
-    backend asking for another size runs on it too, with a warning.
+    Every session runs on this one pool: separate per-session pools cost time on a small CPU, as
+    the UNet's threads keep spinning after its run and take the cores from the VAE decoder's
+    threads (its decode took 1.5x as long). ONNX Runtime holds the pool itself and refuses to
+    replace it, so the first backend of a process sets its size and later ones run on it, with
+    their own `intra_op_threads` not applied (logged).
     """
     import onnxruntime as ort
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail
 
-    global _shared_pool_threads
-    if _shared_pool_threads is None:
+    try:
         ort.set_global_thread_pool_sizes(threads, 1)
-        _shared_pool_threads = threads
-    elif _shared_pool_threads != threads:
-        logger.warning("ONNX Runtime's thread pool is per process and already has intra_op_threads=%d; "
-                       "%d is ignored", _shared_pool_threads, threads)
-    return _shared_pool_threads
+    except Fail as e:
+        logger.info("ONNX Runtime's process-wide thread pool exists already (%s); intra_op_threads=%d not applied", e, threads)
+        return None
+    return threads
 
 
 def _session(path: Path, device: torch.device, options: OrtOptions, cache_dir: Path):
@@ -77,7 +76,7 @@ def _session(path: Path, device: torch.device, options: OrtOptions, cache_dir: P
         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }[options.optimization]
-    so.use_per_session_threads = False  # the shared pool (_shared_pool)
+    so.use_per_session_threads = False  # the process-wide pool (make_process_pool)
     so.log_severity_level = 3
     present = ort.get_available_providers()
     if options.providers is not None:
@@ -154,7 +153,8 @@ class OnnxRuntimeBackend:
         self.options = options
         self.num_frames = num_frames
         cache_dir = Path(files["unet"]).parent / "ort_trt_cache"
-        self.intra_op_threads = _shared_pool(options.intra_op_threads)
+        # None: the pool an earlier backend of this process made, of a size ONNX Runtime does not report
+        self.intra_op_threads = make_process_pool(options.intra_op_threads)
 
         def graph(name: str) -> _Graph:
             return _Graph(Path(files[name]), self.device, options, cache_dir)

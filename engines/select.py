@@ -35,7 +35,7 @@ def _engine_files(
 
 
 def _tensorrt(model: nn.Module, engines: Path, manifest: dict, fingerprints: dict, cuda_graph: bool) -> Backend:
-    reason = tensorrt_backend.available()
+    reason = tensorrt_backend.missing_reason()
     if reason:
         raise EngineRefused(reason)
     if model.device.type != "cuda":
@@ -51,7 +51,7 @@ def _tensorrt(model: nn.Module, engines: Path, manifest: dict, fingerprints: dic
 
 
 def _onnxruntime(model: nn.Module, engines: Path, manifest: dict, fingerprints: dict, options: OrtOptions) -> Backend:
-    reason = onnxruntime_backend.available()
+    reason = onnxruntime_backend.missing_reason()
     if reason:
         raise EngineRefused(reason)
     files = _engine_files("onnx", model, engines, manifest, fingerprints)

@@ -15,7 +15,7 @@ import torch
 from engines.base import first_frames
 
 
-def available() -> str | None:
+def missing_reason() -> str | None:
     """None when TensorRT engines can run here, else why not."""
     if not torch.cuda.is_available():
         return "no CUDA GPU visible to torch"

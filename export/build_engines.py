@@ -1,7 +1,7 @@
 """Export AID's UNet, VAE decoder and DQFormer to ONNX, check them, build TensorRT engines where possible.
 
-    python export/build_engines.py --model tiny-random --out engines/tiny-random
-    python export/build_engines.py --model /models/aid --out /models/aid/engines --precision fp16 --max-batch 4
+    python -m export.build_engines --model tiny-random --out engines/tiny-random
+    python -m export.build_engines --model /models/aid --out /models/aid/engines --precision fp16 --max-batch 4
 
 Stages: load the model -> export ONNX graphs (dynamic batch and frames) -> check each graph with
 ONNX Runtime against PyTorch on fresh random inputs -> build TensorRT engines (strongly typed,
@@ -30,17 +30,14 @@ import argparse
 import datetime
 import logging
 import secrets
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from engines import onnxruntime_backend, tensorrt_backend  # noqa: E402
-from engines.manifest import (  # noqa: E402
+from engines import onnxruntime_backend, tensorrt_backend
+from engines.manifest import (
     FORMAT_VERSION,
     file_sha256,
     gpu_name,
@@ -49,9 +46,9 @@ from engines.manifest import (  # noqa: E402
     weights_sha256,
     write_manifest,
 )
-from engines.onnxruntime_backend import OnnxRuntimeBackend  # noqa: E402
-from engines.tensorrt_backend import TensorRTBackend  # noqa: E402
-from export.onnx_export import (  # noqa: E402
+from engines.onnxruntime_backend import OnnxRuntimeBackend
+from engines.tensorrt_backend import TensorRTBackend
+from export.onnx_export import (
     ATTENTION_FORMS,
     DQFormerGraph,
     GraphShapes,
@@ -59,8 +56,8 @@ from export.onnx_export import (  # noqa: E402
     graph_io,
     graph_shapes,
 )
-from export.tensorrt_build import Profile, build_engine  # noqa: E402
-from export.validate import compare  # noqa: E402
+from export.tensorrt_build import Profile, build_engine
+from export.validate import compare
 
 logger = logging.getLogger("export")
 
@@ -132,7 +129,7 @@ def _profiles(shapes: GraphShapes, frames: tuple[int, int], max_batch: int) -> d
     }
 
 
-def _runners(backend, reference=None):
+def graph_runners(backend, reference=None):
     """graph -> callable(inputs dict) for a backend, or for the PyTorch model when reference is a model."""
     if reference is not None:
         dq = DQFormerGraph(reference.dqformer) if reference.dqformer is not None else None
@@ -150,15 +147,27 @@ def _report(graph: str, kind: str, check: dict) -> None:
     )
 
 
-def build_engines(config: BuildConfig) -> dict:
-    """Run every stage; returns the manifest it wrote to config.out."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    seed = config.seed if config.seed is not None else secrets.randbits(31)
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+@dataclass(frozen=True)
+class Plan:
+    """What every stage builds, resolved from a BuildConfig and the loaded model.
 
-    logger.info("[1/5] loading %s on %s", config.model, device)
-    reference = _load(config, device)
+    frames: (fewest, most) frames per call; precisions: per graph (the DQFormer stays fp32);
+    attention: the UNet's resolved form; trt_missing: why no TensorRT engine can be built, or None.
+    """
+
+    device: torch.device
+    seed: int
+    height: int
+    width: int
+    frames: tuple[int, int]
+    shapes: GraphShapes
+    precisions: dict[str, str]
+    attention: str
+    trt_missing: str | None
+
+
+def plan_build(config: BuildConfig, reference: nn.Module, device: torch.device) -> Plan:
+    """Check the requested sizes against the model and resolve the defaults."""
     cfg = reference.config
     height, width = config.height or cfg.height, config.width or cfg.width
     frames_max = config.frames or cfg.num_frames
@@ -166,113 +175,170 @@ def build_engines(config: BuildConfig) -> dict:
         raise ValueError(f"--frames must be in ({cfg.context_frames}, {cfg.num_frames}], got {frames_max}")
     if height % 8 or width % 8:
         raise ValueError(f"--height and --width must be multiples of 8, got {height}x{width}")
-    frames = (cfg.context_frames + 1, frames_max)
-    shapes = graph_shapes(reference, height, width)
-    if config.precision == "fp16":  # a second instance: converting the reference in place would round it
-        exported = _load(config, device).half()
-    else:
-        exported = reference
-    modules = graph_modules(reference)
-    trt_missing = tensorrt_backend.available()
+    trt_missing = tensorrt_backend.missing_reason()
     attention = config.attention
     if attention == "auto":
         attention = "onnxruntime" if trt_missing else "onnx"
+    return Plan(
+        device=device,
+        seed=config.seed if config.seed is not None else secrets.randbits(31),
+        height=height,
+        width=width,
+        frames=(cfg.context_frames + 1, frames_max),
+        shapes=graph_shapes(reference, height, width),
+        precisions={"unet": config.precision, "vae_decoder": config.precision, "dqformer": "fp32"},
+        attention=attention,
+        trt_missing=trt_missing,
+    )
 
-    logger.info("[2/5] exporting ONNX graphs (%s, %s attention) to %s", config.precision, attention, out)
-    precisions = {"unet": config.precision, "vae_decoder": config.precision, "dqformer": "fp32"}
-    onnx_files: dict[str, list[Path]] = {}
-    for graph in modules:
-        source = exported if precisions[graph] == config.precision else reference
-        onnx_files[graph] = export_graph(graph, source, shapes, frames_max, out / f"{graph}.onnx", config.opset, attention)
-        logger.info("  %s -> %s", graph, ", ".join(p.name for p in onnx_files[graph]))
-    del exported
 
-    logger.info("[3/5] checking ONNX graphs with ONNX Runtime against PyTorch (seed %d)", seed)
-    missing = onnxruntime_backend.available()
+def export_onnx(config: BuildConfig, plan: Plan, reference: nn.Module) -> dict[str, list[Path]]:
+    """Stage 2: every graph to ONNX; fp16 graphs come from a second, half-precision instance."""
+    # a second instance: converting the reference in place would round it
+    exported = _load(config, plan.device).half() if config.precision == "fp16" else reference
+    files = {}
+    for graph in graph_modules(reference):
+        source = exported if plan.precisions[graph] == config.precision else reference
+        files[graph] = export_graph(graph, source, plan.shapes, plan.frames[1], Path(config.out) / f"{graph}.onnx",
+                                    config.opset, plan.attention)
+        logger.info("  %s -> %s", graph, ", ".join(p.name for p in files[graph]))
+    return files
+
+
+def check_onnx(config: BuildConfig, plan: Plan, reference: nn.Module, onnx_files: dict[str, list[Path]]):
+    """Stage 3: each graph under ONNX Runtime against PyTorch -> (manifest entries per graph, ORT runners)."""
+    missing = onnxruntime_backend.missing_reason()
     if missing:
         raise RuntimeError(f"cannot check the ONNX graphs: {missing}")
     import onnxruntime
 
-    ort_device = device if "CUDAExecutionProvider" in onnxruntime.get_available_providers() else torch.device("cpu")
+    cfg, frames = reference.config, plan.frames
+    ort_device = plan.device if "CUDAExecutionProvider" in onnxruntime.get_available_providers() else torch.device("cpu")
     ort_backend = OnnxRuntimeBackend({g: f[0] for g, f in onnx_files.items()}, cfg.num_frames, ort_device)
     big = 3 * config.max_batch
     cases = {"unet": [(1, frames[0]), (big, frames[1])], "vae_decoder": [(1, frames[0]), (config.max_batch, frames[1])],
              "dqformer": [(1, cfg.num_frames), (big, cfg.num_frames)]}
-    ort_run, torch_run = _runners(ort_backend), _runners(None, reference)
+    ort_run, torch_run = graph_runners(ort_backend), graph_runners(None, reference)
     graphs: dict[str, dict] = {}
-    for graph in modules:
-        check = compare(ort_run[graph], torch_run[graph], graph, shapes, cases[graph], precisions[graph], device, seed, "pytorch")
+    for graph, module in graph_modules(reference).items():
+        precision = plan.precisions[graph]
+        check = compare(ort_run[graph], torch_run[graph], graph, plan.shapes, cases[graph], precision, plan.device,
+                        plan.seed, "pytorch")
         _report(graph, "onnx", check)
         graphs[graph] = {
-            "precision": precisions[graph],
-            "source_sha256": weights_sha256(modules[graph], precisions[graph]),
+            "precision": precision,
+            "source_sha256": weights_sha256(module, precision),
             **graph_io(onnx_files[graph][0]),
             "onnx": {
                 "files": {p.name: file_sha256(p) for p in onnx_files[graph]},
                 "opset": config.opset,
-                "attention": attention if graph == "unet" else "onnx",
+                "attention": plan.attention if graph == "unet" else "onnx",
                 "check": check,
                 "usable": check["passed"],
             },
         }
+    return graphs, ort_run
 
-    logger.info("[4/5] TensorRT engines")
-    skip = trt_missing
-    if skip is None and attention == "onnxruntime":
-        skip = "the UNet graph uses ONNX Runtime's fused attention (--attention onnxruntime), which TensorRT does not parse"
-    profiles = _profiles(shapes, frames, config.max_batch)
+
+def tensorrt_skip_reason(plan: Plan, graphs: dict[str, dict]) -> str | None:
+    """Why stage 4 builds no engines, or None."""
+    if plan.trt_missing:
+        return plan.trt_missing
+    if plan.attention == "onnxruntime":
+        return "the UNet graph uses ONNX Runtime's fused attention (--attention onnxruntime), which TensorRT does not parse"
+    if not all(g["onnx"]["usable"] for g in graphs.values()):
+        return "an ONNX graph failed its check, so no engine is built from it"
+    return None
+
+
+def build_tensorrt(config: BuildConfig, plan: Plan, num_frames: int, onnx_files: dict[str, list[Path]],
+                   graphs: dict[str, dict], ort_run: dict) -> None:
+    """Stage 4 (GPU path: untested here): build each engine, check it against ONNX Runtime, record both in `graphs`.
+
+    num_frames: the model's N (the DQFormer engine's output frames).
+    """
+    out = Path(config.out)
+    profiles = _profiles(plan.shapes, plan.frames, config.max_batch)
+    for graph in graphs:
+        engine = out / f"{graph}.plan"
+        build_engine(onnx_files[graph][0], engine, profiles[graph], out / TIMING_CACHE)
+        graphs[graph]["tensorrt"] = {
+            "files": {engine.name: file_sha256(engine)},
+            "profile": {n: [list(s) for s in p] for n, p in profiles[graph].items()},
+        }
+    big, frames = 3 * config.max_batch, plan.frames
+    trt_backend = TensorRTBackend({g: out / f"{g}.plan" for g in graphs}, num_frames, plan.device)
+    trt_run = graph_runners(trt_backend)
+    cases = {
+        "unet": list(zip((1, 3, big), (frames[0], frames[1], frames[1]))),
+        "vae_decoder": [(1, frames[0]), (1, frames[1]), (config.max_batch, frames[1])],
+        "dqformer": [(b, num_frames) for b in (1, 3, big)],
+    }
+    for graph in graphs:
+        check = compare(trt_run[graph], ort_run[graph], graph, plan.shapes, cases[graph], plan.precisions[graph],
+                        plan.device, plan.seed, "onnxruntime")
+        _report(graph, "tensorrt", check)
+        graphs[graph]["tensorrt"] |= {"check": check, "usable": check["passed"]}
+
+
+def manifest_for(config: BuildConfig, plan: Plan, reference: nn.Module, graphs: dict[str, dict],
+                 skip: str | None) -> dict:
+    """Stage 5's content: everything the loader checks before it uses a graph (engines.manifest)."""
     versions = library_versions()
-    if skip is None and not all(graphs[g]["onnx"]["usable"] for g in modules):
-        skip = "an ONNX graph failed its check, so no engine is built from it"
-    if skip is None:  # GPU path: untested here
+    if skip is None:
         import tensorrt as trt
 
         versions["tensorrt"] = trt.__version__
-        for graph in modules:
-            engine = out / f"{graph}.plan"
-            build_engine(onnx_files[graph][0], engine, profiles[graph], out / TIMING_CACHE)
-            graphs[graph]["tensorrt"] = {
-                "files": {engine.name: file_sha256(engine)},
-                "profile": {n: [list(s) for s in p] for n, p in profiles[graph].items()},
-            }
-        trt_backend = TensorRTBackend({g: out / f"{g}.plan" for g in modules}, cfg.num_frames, device)
-        trt_run = _runners(trt_backend)
-        trt_cases = {"unet": list(zip((1, 3, big), (frames[0], frames[1], frames[1])))}
-        trt_cases["vae_decoder"] = [(1, frames[0]), (1, frames[1]), (config.max_batch, frames[1])]
-        trt_cases["dqformer"] = [(b, cfg.num_frames) for b in (1, 3, big)]
-        for graph in modules:
-            check = compare(
-                trt_run[graph], ort_run[graph], graph, shapes, trt_cases[graph], precisions[graph], device, seed, "onnxruntime"
-            )
-            _report(graph, "tensorrt", check)
-            graphs[graph]["tensorrt"] |= {"check": check, "usable": check["passed"]}
+    return {
+        "format": FORMAT_VERSION,
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "model": config.model,
+        "adapters": None if config.adapters is None else str(config.adapters),
+        "aid_config": reference.config.to_dict(),
+        "precision": config.precision,
+        "io_dtypes": "per graph: float16 for every float input and output of an fp16 graph, float32 for fp32; masks bool",
+        "shapes": {
+            "height": plan.height,
+            "width": plan.width,
+            "frames": {"min": plan.frames[0], "max": plan.frames[1]},
+            "batch": {"min": 1, "opt": 3, "max": 3 * config.max_batch},
+            "max_hypotheses": config.max_batch,
+            **asdict(plan.shapes),
+        },
+        "versions": versions,
+        "gpu": gpu_name(),
+        "tensorrt_skipped": skip,
+        "build": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()} | {"seed": plan.seed},
+        "graphs": graphs,
+    }
+
+
+def build_engines(config: BuildConfig) -> dict:
+    """Run every stage; returns the manifest it wrote to config.out."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    logger.info("[1/5] loading %s on %s", config.model, device)
+    reference = _load(config, device)
+    plan = plan_build(config, reference, device)
+
+    logger.info("[2/5] exporting ONNX graphs (%s, %s attention) to %s", config.precision, plan.attention, out)
+    onnx_files = export_onnx(config, plan, reference)
+
+    logger.info("[3/5] checking ONNX graphs with ONNX Runtime against PyTorch (seed %d)", plan.seed)
+    graphs, ort_run = check_onnx(config, plan, reference, onnx_files)
+
+    logger.info("[4/5] TensorRT engines")
+    skip = tensorrt_skip_reason(plan, graphs)
+    if skip is None:
+        build_tensorrt(config, plan, reference.config.num_frames, onnx_files, graphs, ort_run)
         print("TensorRT engines built; the manifest marks each usable only if it passed its check")
     else:
         print(f"TensorRT skipped: {skip}. The ONNX graphs are the engines (ONNX Runtime backend).")
 
     logger.info("[5/5] writing the manifest")
-    manifest = {
-        "format": FORMAT_VERSION,
-        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "model": config.model,
-        "adapters": None if config.adapters is None else str(config.adapters),
-        "aid_config": cfg.to_dict(),
-        "precision": config.precision,
-        "io_dtypes": "per graph: float16 for every float input and output of an fp16 graph, float32 for fp32; masks bool",
-        "shapes": {
-            "height": height,
-            "width": width,
-            "frames": {"min": frames[0], "max": frames[1]},
-            "batch": {"min": 1, "opt": 3, "max": big},
-            "max_hypotheses": config.max_batch,
-            **asdict(shapes),
-        },
-        "versions": versions,
-        "gpu": gpu_name(),
-        "tensorrt_skipped": skip,
-        "build": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()} | {"seed": seed},
-        "graphs": graphs,
-    }
+    manifest = manifest_for(config, plan, reference, graphs, skip)
     path = write_manifest(out, manifest)
     print(f"wrote {path}")
     return manifest

@@ -21,8 +21,9 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from foresight.imaging import contact_sheet, read_image, write_gif, write_png
     from foresight.pipeline import load_pipeline
 
-    pipe = load_pipeline(args.model, backend=args.backend, engines=args.engines)
-    print(f"backend: {pipe.backend_info['name']} ({pipe.backend_info['reason']})")
+    pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, backend=args.backend, engines=args.engines,
+                         compile=args.compile)
+    print(f"backend: {pipe.backend_info['name']} ({pipe.backend_info['reason']}), {args.dtype} on {args.device}")
     context = np.stack([read_image(p) for p in args.frames])
     if len({f.shape for f in context}) > 1:
         raise SystemExit("all --frames must have the same size")
@@ -134,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("auto", "tensorrt", "onnxruntime", "torch"), default="auto",
                    help="UNet runtime; auto = best usable of tensorrt > onnxruntime > torch")
     p.add_argument("--engines", default=None, help="engine folder from export/build_engines.py (default: none, PyTorch)")
+    p.add_argument("--device", default="cpu", help="torch device of the model, e.g. cuda or cuda:1")
+    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="what the PyTorch parts compute in (the sampler's state stays fp32)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the UNet (PyTorch backend; first request compiles)")
     p.set_defaults(func=cmd_predict)
 
     from foresight.node.cli import add_serve_arguments, run_serve

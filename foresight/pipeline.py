@@ -25,6 +25,22 @@ from foresight.states import StateDecomposer, TemplateDecomposer
 
 logger = logging.getLogger(__name__)
 
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# frames per VAE-decoder call (whole clips, at least one; see AIDModel.decode_latents): bounds the
+# decoder's peak memory instead of decoding all M x (N + 2) frames of a request at once
+DECODE_CHUNK_SIZE = 32
+
+
+def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """A torch float dtype or one of DTYPES' names ("fp32", "bf16", "fp16") -> the torch dtype."""
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
+        return DTYPES[dtype]
+    if dtype not in DTYPES.values():
+        raise ValueError(f"dtype must be one of {tuple(DTYPES.values())} or {tuple(DTYPES)}, got {dtype!r}")
+    return dtype
+
 
 def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
     """uint8 (..., H, W, 3) -> float (..., 3, H, W) in [-1, 1]."""
@@ -65,7 +81,7 @@ class ForesightPipeline:
             "reason": "given to ForesightPipeline" if backend else "default",
             "details": self.backend.describe(),
         }
-        self.denoiser = Denoiser(self.backend.unet)
+        self.denoiser = Denoiser(self.backend.unet, dtype=model.dtype)
 
     def info(self) -> dict:
         cfg = self.model.config
@@ -113,6 +129,7 @@ class ForesightPipeline:
         guidance_text: float | None = None,
         guidance_interval: tuple[float, float] | None | Literal["config"] = "config",
         seed: int | Sequence[int] = 0,
+        decode_chunk_size: int | None = DECODE_CHUNK_SIZE,
         progress: bool = False,
     ) -> np.ndarray:
         """Predict the frames after the K context frames for every instruction.
@@ -123,6 +140,8 @@ class ForesightPipeline:
         the model config's ("config").
         seed: one int (sample m uses seed + m) or one per instruction. Noise is drawn per sample,
         so a sample does not depend on the rest of the batch beyond float rounding.
+        decode_chunk_size: most frames per VAE-decoder call, in whole clips (None: all at once);
+        the frames do not depend on it.
         Returns uint8 (M, num_frames - K, height, width, 3).
         """
         start = time.perf_counter()
@@ -151,12 +170,13 @@ class ForesightPipeline:
             dqformer=self.backend.dqformer,
         )
         guided = TwoScaleGuidance(self.denoiser, cond, s_v, s_t, interval)
-        # 3. sample from sigma_max down to 0
+        # 3. sample from sigma_max down to 0: float64 schedule, float32 state, the model's dtype inside
         sigmas = karras_sigmas(steps, model.sigma_min, model.sigma_max).to(model.device)
-        x = torch.stack(latent_noise).to(model.device, model.dtype) * sigmas[0].to(model.dtype)
+        x = (torch.stack(latent_noise) * float(sigmas[0])).to(model.device)
         latents = sample_euler(guided, x, sigmas, disable=not progress)
         # 4. decode the predicted frames
-        video = tensor_to_frames(model.decode_latents(latents, vae_decode=self.backend.vae_decoder)[:, k:])
+        frames_out = model.decode_latents(latents, self.backend.vae_decoder, decode_chunk_size)
+        video = tensor_to_frames(frames_out[:, k:])
         logger.info("predicted %d x %d frames in %.2fs (%d steps)", m, num_frames - k, time.perf_counter() - start, steps)
         return video
 
@@ -168,7 +188,7 @@ class ForesightPipeline:
 def load_pipeline(
     spec: str,
     device: str = "cpu",
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
     backend: str = "auto",
     engines: str | None = None,
     threads: int = 0,
@@ -176,18 +196,27 @@ def load_pipeline(
 ) -> ForesightPipeline:
     """'tiny', 'tiny-random' or a model folder -> a ready pipeline on `device`.
 
+    dtype: what the model computes in, a torch dtype or "fp32" | "bf16" | "fp16"; the sampler's
+    state stays float32 whatever it is. On CUDA, float32 matmuls and convolutions may use TF32.
     backend: "auto" | "tensorrt" | "onnxruntime" | "torch"; engines: an engine folder from
     export/build_engines.py. Engines that do not match the model are refused and logged, and the
     next backend is used (see engines.select); engines=None means PyTorch.
     threads: CPU threads for PyTorch and ONNX Runtime alike; 0 keeps each runtime's default.
-    compile: `torch.compile` the UNet of the PyTorch backend.
+    compile: `torch.compile` the UNet of the PyTorch backend; the first request compiles it
+    (16-19 s for the tiny UNet on 2 CPU cores), so a server warms it up before it reports healthy.
     """
     if threads < 0:
         raise ValueError(f"threads must be >= 0, got {threads}")
+    dtype = resolve_dtype(dtype)
     if threads:
         torch.set_num_threads(threads)
+    if torch.device(device).type == "cuda":
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+        torch.backends.cudnn.conv.fp32_precision = "tf32"
+    if torch.device(device).type == "cpu" and dtype == torch.float16:
+        logger.warning("fp16 on a CPU runs many kernels emulated (15x slower than fp32 on the tiny model); use bf16")
     model, card = load_model(spec, dtype=dtype)
-    model = model.to(device)
+    model = model.to(device=device, dtype=dtype)
     runner, info = load_backend(model, backend, engines, ort_options=OrtOptions(intra_op_threads=threads),
                                   compile=compile)
     return ForesightPipeline(model, card, backend=runner, backend_info=info)

@@ -88,7 +88,7 @@ def _op_types(path) -> dict[str, set[str]]:
     return types
 
 
-@pytest.mark.skipif(tensorrt_backend.available() is None, reason="with TensorRT the default is the standard form")
+@pytest.mark.skipif(tensorrt_backend.missing_reason() is None, reason="with TensorRT the default is the standard form")
 def test_default_build_without_tensorrt_fuses_the_unets_attention(built, tiny_model):
     """Without TensorRT the UNet takes ONNX Runtime's MultiHeadAttention; it passed its check above."""
     out, manifest, _ = built

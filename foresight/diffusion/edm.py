@@ -16,20 +16,27 @@ class Denoiser(nn.Module):
     with timestep_type="continuous" feeds SVD's UNet).
     """
 
-    def __init__(self, unet: nn.Module) -> None:
+    def __init__(self, unet: nn.Module, dtype: torch.dtype | None = None) -> None:
+        """dtype: what the UNet computes in (the model's); None = the dtype of x."""
         super().__init__()
         self.unet = unet
+        self.dtype = dtype
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: Conditions) -> torch.Tensor:
-        """x (B, F, 4, h, w) noisy latents, sigma (B,) -> denoised latents, same shape."""
+        """x (B, F, 4, h, w) noisy latents, sigma (B,) -> denoised latents, same shape and dtype as x.
+
+        The preconditioning runs in x's dtype; only the UNet's inputs are cast to `dtype` and its
+        output back, as EDM's sampler does with a half-precision network.
+        """
+        dtype = self.dtype or x.dtype
         s = sigma.to(x.dtype).view(-1, 1, 1, 1, 1)
         c_skip = 1 / (s**2 + 1)
         c_out = -s / (s**2 + 1).sqrt()
         c_in = 1 / (s**2 + 1).sqrt()
         c_noise = sigma.log().to(x.dtype) / 4
-        model_in = torch.cat([c_in * x, cond.cond_latents], dim=2)
-        out = self.unet(model_in, c_noise, cond.context, cond.added_time_ids)
-        return c_skip * x + c_out * out
+        model_in = torch.cat([(c_in * x).to(dtype), cond.cond_latents.to(dtype)], dim=2)
+        out = self.unet(model_in, c_noise.to(dtype), cond.context.to(dtype), cond.added_time_ids.to(dtype))
+        return c_skip * x + c_out * out.to(x.dtype)
 
 
 def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:

@@ -66,12 +66,14 @@ def sample_euler(
 ) -> torch.Tensor:
     """Euler steps of the probability-flow ODE (Karras et al. 2022, Algorithm 1 without Heun).
 
-    x starts as sigmas[0] * standard normal noise; sigmas is float64 and ends at 0.
+    x starts as sigmas[0] * standard normal noise, in float32 (or float64): the state keeps x's
+    dtype whatever the model computes in, since the model's output is cast back to it. sigmas is
+    float64 and ends at 0.
     """
     batch = x.shape[0]
     for i in tqdm(range(len(sigmas) - 1), disable=disable, desc="sampling"):
         t_cur, t_next = sigmas[i], sigmas[i + 1]
-        denoised = model(x, t_cur.to(x.dtype).expand(batch))
+        denoised = model(x, t_cur.to(x.dtype).expand(batch)).to(x.dtype)
         d_cur = (x - denoised) / t_cur.to(x.dtype)  # dx/dt at t_cur
         x = x + (t_next - t_cur).to(x.dtype) * d_cur  # step to t_next
         if callback is not None:

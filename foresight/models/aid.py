@@ -54,7 +54,8 @@ class AIDModel(nn.Module):
         fe = svd.feature_extractor
         self.vision = VisionEncoder(svd.image_encoder, fe.image_mean, fe.image_std)
         self.text = text_encoder
-        self.dqformer = DQFormer(dq, config.num_frames) if dq is not None else None
+        # the trained parts follow the frozen backbone's dtype and device
+        self.dqformer = None if dq is None else DQFormer(dq, config.num_frames).to(svd.unet.device, svd.unet.dtype)
         self.sigma_min = float(svd.scheduler.config.sigma_min)
         self.sigma_max = float(svd.scheduler.config.sigma_max)
         self.feature_extractor = svd.feature_extractor
@@ -125,10 +126,10 @@ class AIDModel(nn.Module):
     @torch.no_grad()
     def encode_context(self, context_frames: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """SVD's condition latents: noise-augmented frames (B, K, 3, H, W), unscaled VAE mode."""
-        frames = context_frames.to(self.device, self.dtype)
+        frames = context_frames.to(self.device, torch.float32)
         if noise is not None:
             frames = frames + self.config.noise_aug_strength * noise.to(frames)
-        return self.vae.encode(frames.flatten(0, 1)).latent_dist.mode().unflatten(0, frames.shape[:2])
+        return self.vae.encode(frames.flatten(0, 1).to(self.dtype)).latent_dist.mode().unflatten(0, frames.shape[:2])
 
     def vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Unscaled latents (B, F, 4, h, w) -> frames (B, F, 3, H, W), unclamped: the VAE-decoder graph.
@@ -145,14 +146,25 @@ class AIDModel(nn.Module):
 
     @torch.no_grad()
     def decode_latents(
-        self, latents: torch.Tensor, vae_decode: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self,
+        latents: torch.Tensor,
+        vae_decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        decode_chunk_size: int | None = None,
     ) -> torch.Tensor:
         """Scaled latents (B, F, 4, h, w) -> frames (B, F, 3, H, W) in [-1, 1].
 
         vae_decode replaces `self.vae_decode` (an engine backend's VAE-decoder graph).
+        decode_chunk_size: at most this many frames per decoder call (counting the two repeated
+        end latents of each clip), in whole clips and at least one: the temporal decoder mixes a
+        clip's frames, so clips are never split and the result equals decoding all at once.
+        None decodes every clip in one call.
         """
+        if decode_chunk_size is not None and decode_chunk_size < 1:
+            raise ValueError(f"decode_chunk_size must be >= 1 frame, got {decode_chunk_size}")
         decode = vae_decode or self.vae_decode
-        return decode(latents / self.vae.config.scaling_factor).clamp(-1, 1)
+        z = latents / self.vae.config.scaling_factor
+        clips = len(z) if decode_chunk_size is None else max(1, decode_chunk_size // (z.shape[1] + 2))
+        return torch.cat([decode(chunk) for chunk in z.split(clips)]).clamp(-1, 1)
 
     def text_features(self, sentences: Sequence[str], states: Sequence[Sequence[str]]):
         """t1 from instructions; t2 from each clip's state descriptions, concatenated along tokens."""
@@ -188,14 +200,15 @@ class AIDModel(nn.Module):
         frames = cfg.num_frames if num_frames is None else num_frames
         b, k = context_frames.shape[:2]
         dev, dtype = self.device, self.dtype
-        context_frames = context_frames.to(dev, dtype)
+        context_frames = context_frames.to(dev, torch.float32)
         # 1. context latents in the condition channels of the first K frames, the rest masked
         if context_latents is None:
             context_latents = self.encode_context(context_frames, noise)
         z = context_latents.to(dev, dtype)
         cond = torch.zeros(b, frames, *z.shape[2:], device=dev, dtype=dtype)
         cond[:, :k] = z
-        # 2. image features of the first context frame
+        # 2. image features of the first context frame; the encoder preprocesses in float32 (its
+        # antialiased resize has no half-precision CPU kernel) and runs in the model's dtype
         v, image_token = self.vision(context_frames[:, 0])
         if drop_frames is not None:
             keep = (~drop_frames).to(dev, dtype)

@@ -7,37 +7,34 @@ from diffusers import UNetSpatioTemporalConditionModel
 from torch import nn
 
 from foresight.config import AdapterConfig
-from foresight.models.adapters import AIDAdapters, spatio_temporal_transformers
+from foresight.models.adapters import AIDAdapters
 
 
 class AdaptedUNet(nn.Module):
     """SVD's UNet taking one cross-attention context per frame, with AID adapters inside.
 
-    Stock diffusers repeats one context (B, L, C) for every frame. AID gives frame i the ME tokens
-    plus its own DE tokens, so this wrapper takes (B*F, L, C). The override is two forward
-    pre-hooks: the UNet still receives (B, L, C) (frame 0's context, which is also what SVD's
-    temporal layers read), and each spatio-temporal transformer gets the per-frame tensor back.
+    Stock diffusers takes one context (B, L, C) and repeats it for every frame before the blocks.
+    AID gives frame i the ME tokens plus its own DE tokens, so `forward` takes (B*F, L, C) and
+    hands it to the blocks as it is; otherwise it is the stock forward. The adapters run as
+    forward hooks on the UNet's modules (see foresight.models.adapters); the UNet's own code,
+    state-dict keys and weights stay untouched. The adapters follow the UNet's dtype and device.
     """
 
     def __init__(self, unet: UNetSpatioTemporalConditionModel, adapters: AdapterConfig | None) -> None:
         super().__init__()
         self.unet = unet
-        self.adapters = AIDAdapters(unet, adapters) if adapters is not None else None
-        self._context: torch.Tensor | None = None
-        if self.adapters is not None:
+        self.adapters = None
+        if adapters is not None:
+            self.adapters = AIDAdapters(unet, adapters).to(device=unet.device, dtype=unet.dtype)
             self.adapters.attach(unet)
-        for _, transformer in spatio_temporal_transformers(unet, ("down", "mid", "up")):
-            transformer.register_forward_pre_hook(self._per_frame_context, with_kwargs=True)
 
     @property
     def config(self):
         return self.unet.config
 
-    def _per_frame_context(self, module, args, kwargs):
-        if self._context is None:
-            return None
-        return args, {**kwargs, "encoder_hidden_states": self._context}
-
+    # Adapted from diffusers.models.unets.unet_spatio_temporal_condition.UNetSpatioTemporalConditionModel.forward
+    # (diffusers 0.42) with encoder_hidden_states taken per frame instead of repeated per frame, a tensor
+    # timestep, and a tensor returned.
     def forward(
         self,
         sample: torch.Tensor,
@@ -45,16 +42,56 @@ class AdaptedUNet(nn.Module):
         encoder_hidden_states: torch.Tensor,
         added_time_ids: torch.Tensor,
     ) -> torch.Tensor:
-        """sample (B, F, C_in, h, w); timestep (B,) or scalar; encoder_hidden_states (B*F, L, C)."""
-        batch, frames = sample.shape[:2]
-        if encoder_hidden_states.shape[0] != batch * frames:
+        """sample (B, F, C_in, h, w); timestep (B,) or scalar tensor; encoder_hidden_states (B*F, L, C);
+        added_time_ids (B, 3) -> (B, F, C_out, h, w)."""
+        unet = self.unet
+        batch_size, num_frames = sample.shape[:2]
+        if encoder_hidden_states.shape[0] != batch_size * num_frames:
             raise ValueError(
-                f"encoder_hidden_states must be per frame, (B*F, L, C) = ({batch * frames}, L, C); "
+                f"encoder_hidden_states must be per frame, (B*F, L, C) = ({batch_size * num_frames}, L, C); "
                 f"got {tuple(encoder_hidden_states.shape)}"
             )
-        self._context = encoder_hidden_states
-        try:
-            first = encoder_hidden_states.unflatten(0, (batch, frames))[:, 0]
-            return self.unet(sample, timestep, first, added_time_ids, return_dict=False)[0]
-        finally:
-            self._context = None
+        up_factor = 2**unet.num_upsamplers
+        forward_upsample_size = any(s % up_factor != 0 for s in sample.shape[-2:])
+        upsample_size = None
+
+        # 1. time
+        timesteps = timestep.reshape(-1).to(sample.device).expand(batch_size)
+        emb = unet.time_embedding(unet.time_proj(timesteps).to(dtype=sample.dtype))
+        time_embeds = unet.add_time_proj(added_time_ids.flatten()).reshape((batch_size, -1)).to(emb.dtype)
+        emb = emb + unet.add_embedding(time_embeds)
+        # flatten batch and frames: sample (B*F, C, h, w), emb (B*F, C); the context already is per frame
+        sample = sample.flatten(0, 1)
+        emb = emb.repeat_interleave(num_frames, dim=0, output_size=emb.shape[0] * num_frames)
+
+        # 2. pre-process
+        sample = unet.conv_in(sample)
+        image_only_indicator = torch.zeros(batch_size, num_frames, dtype=sample.dtype, device=sample.device)
+        blocks = dict(temb=emb, image_only_indicator=image_only_indicator)
+
+        # 3. down
+        down_block_res_samples = (sample,)
+        for block in unet.down_blocks:
+            context = {"encoder_hidden_states": encoder_hidden_states} if getattr(block, "has_cross_attention", False) else {}
+            sample, res_samples = block(hidden_states=sample, **blocks, **context)
+            down_block_res_samples += res_samples
+
+        # 4. mid
+        sample = unet.mid_block(hidden_states=sample, encoder_hidden_states=encoder_hidden_states, **blocks)
+
+        # 5. up
+        for i, block in enumerate(unet.up_blocks):
+            res_samples = down_block_res_samples[-len(block.resnets):]
+            down_block_res_samples = down_block_res_samples[: -len(block.resnets)]
+            if i < len(unet.up_blocks) - 1 and forward_upsample_size:
+                upsample_size = down_block_res_samples[-1].shape[2:]
+            context = {"encoder_hidden_states": encoder_hidden_states} if getattr(block, "has_cross_attention", False) else {}
+            sample = block(
+                hidden_states=sample, res_hidden_states_tuple=res_samples, upsample_size=upsample_size, **blocks, **context
+            )
+
+        # 6. post-process
+        sample = unet.conv_out(unet.conv_act(unet.conv_norm_out(sample)))
+
+        # 7. back to (B, F, C, h, w)
+        return sample.reshape(batch_size, num_frames, *sample.shape[1:])
