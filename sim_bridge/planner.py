@@ -37,17 +37,18 @@ import numpy as np
 from tqdm import tqdm
 
 from foresight.imaging import contact_sheet, fit_frames, write_gif, write_png
-from foresight.metrics import follow_tolerance
 from foresight.node.client import DEFAULT_ENDPOINT, ForesightClient
+from sim_bridge.atomic_files import atomic_path, write_json
 from sim_bridge.instructions import TEMPLATES
-from sim_bridge.replay import NodeGeometry, mean_or_none, atomic_path, write_json
-from sim_bridge.tabletop import (Scene, Task, apply_task, locate_object, random_task, render,
-                                 run_task)
+from sim_bridge.replay import NodeGeometry, mean_or_none
+from sim_bridge.scoring import follow_tolerance, locate_object
+from sim_bridge.tabletop import Scene, Task, apply_task, random_task, render, run_task
+from sim_bridge.tasks import PLANNER_SEEDS, TRAINED_KINDS
 
 log = logging.getLogger("sim_bridge.planner")  # the same name when run with -m
 
-PLANNER_KINDS = ("push", "put_on", "put_next_to", "pick_up")  # what the model was trained on
-FIRST_SEED = 2_500_000  # goal seeds: disjoint from training (< 1e6), evaluation (1e6+) and demo
+PLANNER_KINDS = TRAINED_KINDS  # what the model was trained on
+FIRST_SEED = PLANNER_SEEDS.start  # goal seeds: disjoint from training, evaluation and demo
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ positions. The final scene of a task is `apply_task(scene, task)` (also stored a
 Everything is deterministic: the same seed gives byte-identical frames.
 
 Pixel convention: the centre of pixel column j is x = j (so normalised x maps to x * size - 0.5),
-the same convention as the centroid `locate_object` returns.
+the same convention as the centroid `scoring.locate_object` returns.
 
 CLI: python -m sim_bridge.tabletop --n N --seed S --out DIR [--size 128] [--frames 16]
 """
@@ -22,7 +22,6 @@ import dataclasses
 import functools
 import logging
 import math
-import re
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ import numpy as np
 
 from sim_bridge.episode import Episode
 from sim_bridge.instructions import instruction_for
+from sim_bridge.tasks import TASK_KINDS
 
 log = logging.getLogger("sim_bridge.tabletop")  # the same name when run with -m
 
@@ -47,7 +47,6 @@ PALETTE: dict[str, tuple[int, int, int]] = {
     "purple": (140, 50, 200),
 }
 SHAPES = ("block", "disc", "triangle")
-TASK_KINDS = ("push", "put_on", "put_next_to", "pick_up", "rotate")
 PUSH_DIRECTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "forward": (0.0, -1.0),
                    "backward": (0.0, 1.0)}
 
@@ -390,8 +389,7 @@ def run_task(scene: Scene, task: Task, num_frames: int = 16, size: int = 128,
     final = apply_task(scene, task)
     scenes = _sample(_script(scene, task), num_frames)
     frames = np.stack([render(s, size) for s in scenes])
-    positions = {o.name: np.array([_pixel_centre(s.object(o.name), size) for s in scenes])
-                 for o in scene.objects}
+    positions = {o.name: _track(scenes, o.name, size) for o in scene.objects}
     return Episode(
         frames=frames, instruction=instruction or task.instruction,
         object_positions=positions, object_colors={o.name: o.rgb for o in scene.objects},
@@ -401,28 +399,15 @@ def run_task(scene: Scene, task: Task, num_frames: int = 16, size: int = 128,
               "final_scene": final.to_dict()})
 
 
-def accepted_tracks(episode: Episode) -> np.ndarray:
-    """(P, T, 2) pixel tracks of the target under every task the instruction allows, the
-    recorded one first.
+def object_track(scene: Scene, task: Task, name: str, num_frames: int, size: int) -> np.ndarray:
+    """(num_frames, 2) pixel centres of object `name` while `task` runs, without rendering; the
+    same as run_task(...).object_positions[name]. ValueError if the task is infeasible."""
+    apply_task(scene, task)
+    return _track(_sample(_script(scene, task), num_frames), name, size)
 
-    "put the X next to the Y" names no side, so the feasible placement on the other side of Y
-    follows it as well as the recorded one; every other instruction (and any episode not made
-    by this simulator) allows exactly one outcome.
-    """
-    recorded = episode.object_positions[episode.target]
-    meta = episode.meta
-    if meta.get("source") != "tabletop":
-        return recorded[None]
-    task = Task(**meta["task"])
-    if task.kind != "put_next_to" or re.search(rf"\b{task.direction}\b", episode.instruction):
-        return recorded[None]
-    scene = Scene.from_dict(meta["initial_scene"])
-    other = dataclasses.replace(task, direction="right" if task.direction == "left" else "left")
-    if _infeasible(scene, other) is not None:
-        return recorded[None]
-    scenes = _sample(_script(scene, other), meta["num_frames"])
-    track = np.array([_pixel_centre(s.object(task.target), meta["size"]) for s in scenes])
-    return np.stack([recorded, track])
+
+def _track(scenes: list[Scene], name: str, size: int) -> np.ndarray:
+    return np.array([_pixel_centre(s.object(name), size) for s in scenes])
 
 
 def random_task(scene: Scene, rng: np.random.Generator, kinds: tuple[str, ...] = TASK_KINDS) -> Task:
@@ -588,41 +573,6 @@ def render(scene: Scene, size: int = 128) -> np.ndarray:
     frame = cv2.resize(canvas, (size, size), interpolation=cv2.INTER_AREA)
     frame *= _light(scene.look, size)
     return np.clip(frame + 0.5, 0, 255).astype(np.uint8)
-
-
-# ---------------------------------------------------------------------------------------------
-# Finding objects in (possibly predicted) frames
-
-HUE_TOL = 18.0
-MIN_SATURATION = 0.45
-MIN_VALUE = 0.25
-
-
-def locate_object(frame: np.ndarray, rgb: tuple[int, int, int],
-                  tol: float = HUE_TOL) -> tuple[float, float] | None:
-    """Centroid (x, y), pixel-centre convention, of the largest blob of colour `rgb`, or None.
-
-    A pixel matches when its hue is within `tol` degrees of the hue of `rgb`, and its saturation
-    is at least 0.45 and its value at least 0.25 (HSV, 0-1). Hue ignores the brightness and
-    gradient of the lighting; the saturation floor rejects the wood (< 0.4), the wall and the grey
-    gripper. Palette hues are >= 40 degrees apart, so tol=18 separates neighbours while accepting
-    the colour shifts of blur and tint. Blobs smaller than 0.15% of the frame (6 px at 64x64) are
-    noise and ignored.
-    """
-    if frame.ndim != 3 or frame.shape[-1] != 3 or frame.dtype != np.uint8:
-        raise ValueError(f"frame must be uint8 (H, W, 3), got {frame.dtype} {frame.shape}")
-    hsv = cv2.cvtColor(frame, cv2.COLOR_RGB2HSV_FULL).astype(np.float32)  # hue 0-255
-    target_hue = cv2.cvtColor(np.array([[rgb]], np.uint8), cv2.COLOR_RGB2HSV_FULL)[0, 0, 0]
-    diff = np.abs(hsv[..., 0] - float(target_hue)) * (360 / 256)
-    diff = np.minimum(diff, 360 - diff)
-    mask = (diff <= tol) & (hsv[..., 1] >= MIN_SATURATION * 255) & (hsv[..., 2] >= MIN_VALUE * 255)
-    count, labels, stats, centroids = cv2.connectedComponentsWithStats(mask.astype(np.uint8), 8)
-    if count < 2:
-        return None
-    best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    if stats[best, cv2.CC_STAT_AREA] < 0.0015 * frame.shape[0] * frame.shape[1]:
-        return None
-    return float(centroids[best, 0]), float(centroids[best, 1])
 
 
 # ---------------------------------------------------------------------------------------------
