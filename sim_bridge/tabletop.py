@@ -13,6 +13,7 @@ Pixel convention: the centre of pixel column j is x = j (so normalised x maps to
 the same convention as the centroid `scoring.locate_object` returns.
 
 CLI: python -m sim_bridge.tabletop --n N --seed S --out DIR [--size 128] [--frames 16]
+     [--format foresight|lerobot]
 """
 
 from __future__ import annotations
@@ -396,7 +397,14 @@ def run_task(scene: Scene, task: Task, num_frames: int = 16, size: int = 128,
         target=task.target,
         meta={"source": "tabletop", "task": dataclasses.asdict(task), "size": size,
               "num_frames": num_frames, "initial_scene": scene.to_dict(),
-              "final_scene": final.to_dict()})
+              "final_scene": final.to_dict()},
+        states=arm_states(scenes))
+
+
+def arm_states(scenes: list[Scene]) -> np.ndarray:
+    """(T, 5) gripper pose per scene: x, y, z (normalised), finger opening, wrist twist (deg)."""
+    return np.array([[s.gripper.x, s.gripper.y, s.gripper.z, s.gripper.opening, s.gripper.twist]
+                     for s in scenes])
 
 
 def object_track(scene: Scene, task: Task, name: str, num_frames: int, size: int) -> np.ndarray:
@@ -579,10 +587,12 @@ def render(scene: Scene, size: int = 128) -> np.ndarray:
 # CLI
 
 def main(argv: list[str] | None = None) -> None:
-    """Write N episodes (episode i from seed S + i) in our episode format."""
+    """Write N episodes (episode i from seed S + i) in our episode format or as a LeRobot v3
+    dataset."""
     from tqdm import tqdm
 
     from sim_bridge.episode_io import is_episode_dir, write_episode
+    from sim_bridge.lerobot import write_dataset
 
     parser = argparse.ArgumentParser(prog="python -m sim_bridge.tabletop", description=main.__doc__)
     parser.add_argument("--n", type=int, required=True, help="number of episodes")
@@ -592,18 +602,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--frames", type=int, default=16, help="frames per episode")
     parser.add_argument("--paraphrase", action="store_true",
                         help="held-out paraphrased instructions (evaluation only, never training)")
+    parser.add_argument("--format", choices=("foresight", "lerobot"), default="foresight",
+                        help="one folder per episode (resumable), or one LeRobot v3 dataset")
+    parser.add_argument("--fps", type=int, default=5, help="frame rate stored in a LeRobot dataset")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args.out.mkdir(parents=True, exist_ok=True)
     start, kinds, skipped = time.perf_counter(), Counter(), 0
-    for i in tqdm(range(args.n), desc="episodes", unit="ep"):
-        folder = args.out / f"{args.seed + i:08d}"
-        if is_episode_dir(folder):  # resume: complete episodes are kept
-            skipped += 1
-            continue
-        episode = make_episode(args.seed + i, args.size, args.frames, args.paraphrase)
-        write_episode(episode, folder)
-        kinds[episode.meta["task"]["kind"]] += 1
+    seeds = tqdm(range(args.seed, args.seed + args.n), desc="episodes", unit="ep")
+    if args.format == "lerobot":
+        def made():
+            for seed in seeds:
+                episode = make_episode(seed, args.size, args.frames, args.paraphrase)
+                kinds[episode.meta["task"]["kind"]] += 1
+                yield episode
+        write_dataset(made(), args.out, args.fps)
+    else:
+        args.out.mkdir(parents=True, exist_ok=True)
+        for seed in seeds:
+            folder = args.out / f"{seed:08d}"
+            if is_episode_dir(folder):  # resume: complete episodes are kept
+                skipped += 1
+                continue
+            episode = make_episode(seed, args.size, args.frames, args.paraphrase)
+            write_episode(episode, folder)
+            kinds[episode.meta["task"]["kind"]] += 1
     log.info("wrote %d episodes (%s), kept %d existing, to %s in %.1f s", sum(kinds.values()),
              ", ".join(f"{k}={v}" for k, v in sorted(kinds.items())) or "none", skipped, args.out,
              time.perf_counter() - start)
