@@ -33,8 +33,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-from tfrecord import example_pb2
-
 from sim_bridge.episode import Episode
 from sim_bridge.episode_io import EpisodeFormatError
 
@@ -119,7 +117,11 @@ def episode_offsets(folder: str | os.PathLike) -> list[tuple[Path, list[int]]]:
     return out
 
 
-def _record(shard: Path, offset: int) -> example_pb2.Example:
+def _record(shard: Path, offset: int) -> Any:
+    """The tf.train.Example at `offset`. tfrecord is imported here: its package imports torch
+    where installed, which episode discovery and the other formats must not pay for."""
+    from tfrecord import example_pb2
+
     with open(shard, "rb") as f:
         f.seek(offset)
         (length,) = struct.unpack("<Q", f.read(12)[:8])
@@ -129,12 +131,12 @@ def _record(shard: Path, offset: int) -> example_pb2.Example:
     return example_pb2.Example.FromString(data)
 
 
-def _values(feature: example_pb2.Feature) -> list[Any]:
+def _values(feature: Any) -> list[Any]:
     kind = feature.WhichOneof("kind")
     return [] if kind is None else list(getattr(feature, kind).value)
 
 
-def _tensor(example: example_pb2.Example, key: str, spec: dict, steps: int) -> np.ndarray:
+def _tensor(example: Any, key: str, spec: dict, steps: int) -> np.ndarray:
     values = np.asarray(_values(example.features.feature[key]),
                         _DTYPES.get(spec.get("dtype"), np.float64))
     return values.reshape(steps, -1).astype(np.float64)
