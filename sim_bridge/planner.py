@@ -39,9 +39,9 @@ from tqdm import tqdm
 from foresight.imaging import contact_sheet, fit_frames, write_gif, write_png
 from foresight.node.client import DEFAULT_ENDPOINT, ForesightClient
 from sim_bridge.atomic_files import atomic_path, write_json
-from sim_bridge.instructions import TEMPLATES
+from sim_bridge.instructions import unambiguous_instruction as instruction
 from sim_bridge.replay import NodeGeometry, mean_or_none
-from sim_bridge.scoring import follow_tolerance, locate_object
+from sim_bridge.scoring import follow_tolerance, goal_reached, locate_object
 from sim_bridge.tabletop import Scene, Task, apply_task, random_task, render, run_task
 from sim_bridge.tasks import PLANNER_SEEDS, TRAINED_KINDS
 
@@ -87,15 +87,6 @@ def make_goal(seed: int, geometry: NodeGeometry) -> Goal:
     return Goal(seed, scene, task, final, observe(final, geometry))
 
 
-def instruction(task: Task) -> str:
-    """The canonical training template, except for put_next_to, whose canonical sentence does
-    not say which side: there the training template that does, so no two candidates read alike."""
-    if task.kind == "put_next_to":
-        pattern = next(p for p in TEMPLATES["put_next_to"] if "{side}" in p)
-        return pattern.format(obj=task.target, ref=task.ref, side=task.direction)
-    return task.instruction
-
-
 def candidates(scene: Scene, rng: np.random.Generator, limit: int,
                include: Task | None = None) -> list[Task]:
     """Up to `limit` feasible tasks of PLANNER_KINDS in a random order, `include` among them."""
@@ -132,10 +123,7 @@ def rank(finals: np.ndarray, goal: np.ndarray,
 
 def reached(scene: Scene, goal: Goal, geometry: NodeGeometry) -> bool:
     """Ground truth: every object within follow_tolerance pixels of its place in the goal scene."""
-    side = max(geometry.height, geometry.width)
-    tol = follow_tolerance(side) / side
-    return all(np.hypot(o.x - g.x, (o.y - o.z) - (g.y - g.z)) <= tol
-               for o, g in ((scene.object(g.name), g) for g in goal.final.objects))
+    return goal_reached(scene, goal.final, max(geometry.height, geometry.width))
 
 
 # A policy picks one of the candidate tasks from the context frames; it returns the index and

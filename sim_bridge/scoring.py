@@ -89,6 +89,14 @@ def follow_error(frame: np.ndarray, rgb: tuple[int, int, int], truth_xy: np.ndar
     return float(np.hypot(offsets[:, 0], offsets[:, 1]).min())
 
 
+def goal_reached(scene: Scene, goal: Scene, frame_side: int) -> bool:
+    """Ground truth for goal-directed runs: every object within follow_tolerance pixels (at this
+    frame side) of its place in `goal`."""
+    tol = follow_tolerance(frame_side) / frame_side
+    return all(np.hypot(o.x - g.x, (o.y - o.z) - (g.y - g.z)) <= tol
+               for o, g in ((scene.object(g.name), g) for g in goal.objects))
+
+
 def follow_tolerance(frame_side: int) -> float:
     """Largest follow_error, in pixels, that still counts as following at this frame side."""
     return FOLLOW_TOLERANCE_PER_64PX * frame_side / 64
