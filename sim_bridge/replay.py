@@ -74,7 +74,7 @@ class ReplayConfig:
 
     stride: int | None = None  # frames between decision steps; None: the model's horizon N-K
     steps: int | None = None  # sampler steps per request; None: the node's default
-    camera: int = 0  # Bridge camera (images<camera>)
+    camera: int | str = 0  # camera number or name (see docs/DATA.md)
     seed: int = 0  # sampling seed, the same at every step: a rerun predicts the same frames
     fps: float = 5.0  # media frame rate (BridgeData is recorded at 5 Hz)
 
@@ -357,13 +357,16 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(prog="python -m sim_bridge.replay", description=main.__doc__)
     parser.add_argument("--episodes", type=Path, required=True,
-                        help="an episode (our format or a BridgeData traj folder) or a tree of them")
+                        help="an episode or a tree of them: our format, BridgeData raw, "
+                             "LeRobot v3 or RLDS (docs/DATA.md)")
     parser.add_argument("--endpoint", default=DEFAULT_ENDPOINT, help="node endpoint (%(default)s)")
     parser.add_argument("--out", type=Path, required=True, help="run folder; rerun to resume")
     parser.add_argument("--stride", type=int, default=None,
                         help="frames between decision steps (default: the model's horizon N-K)")
     parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: node's)")
-    parser.add_argument("--camera", type=int, default=0, help="BridgeData camera (images<C>)")
+    parser.add_argument("--camera", type=lambda c: int(c) if c.isdigit() else c, default=0,
+                        help="camera: a number, or a name such as a Bridge topic part "
+                             "('wrist') or a LeRobot/RLDS image key")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
     args = parser.parse_args(argv)
