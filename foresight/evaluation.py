@@ -23,8 +23,6 @@ from tqdm.auto import tqdm
 
 from foresight.imaging import contact_sheet, write_png
 from foresight.metrics import (
-    follow_error,
-    follow_tolerance,
     frechet_distance,
     i3d_features,
     psnr,
@@ -35,7 +33,7 @@ from foresight.model_dir import load_model
 from foresight.pipeline import ForesightPipeline
 from foresight.training.data import tabletop_episodes
 from sim_bridge.episode import Episode
-from sim_bridge.tabletop import accepted_tracks
+from sim_bridge.scoring import accepted_tracks, follow_error, follow_tolerance
 
 logger = logging.getLogger(__name__)
 

@@ -9,6 +9,14 @@ import cv2
 import numpy as np
 
 
+def fit_geometry(h: int, w: int, height: int, width: int) -> tuple[int, int, int, int]:
+    """(new_h, new_w, top, left): the size an (h, w) frame is scaled to so it covers
+    (height, width) with its aspect ratio kept, and where the centred crop starts."""
+    scale = max(height / h, width / w)
+    new_h, new_w = max(height, round(h * scale)), max(width, round(w * scale))
+    return new_h, new_w, (new_h - height) // 2, (new_w - width) // 2
+
+
 def fit_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
     """Scale uint8 (..., h, w, 3) frames so they cover (height, width), then centre-crop.
 
@@ -20,14 +28,19 @@ def fit_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
     lead = frames.shape[:-3]
     flat = frames.reshape((-1,) + frames.shape[-3:])
     h, w = flat.shape[1:3]
-    scale = max(height / h, width / w)
-    new_h, new_w = max(height, round(h * scale)), max(width, round(w * scale))
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
-    top, left = (new_h - height) // 2, (new_w - width) // 2
+    new_h, new_w, top, left = fit_geometry(h, w, height, width)
+    interp = cv2.INTER_AREA if max(height / h, width / w) < 1 else cv2.INTER_CUBIC
     out = np.stack(
         [cv2.resize(f, (new_w, new_h), interpolation=interp)[top : top + height, left : left + width] for f in flat]
     )
     return out.reshape(lead + (height, width, 3))
+
+
+def fit_point(xy: np.ndarray, src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> np.ndarray:
+    """A pixel-centre (x, y) in a frame of size src_hw, mapped as `fit_frames` maps the frame."""
+    (h, w), (height, width) = src_hw, dst_hw
+    new_h, new_w, top, left = fit_geometry(h, w, height, width)
+    return np.array([(xy[0] + 0.5) * new_w / w - 0.5 - left, (xy[1] + 0.5) * new_h / h - 0.5 - top])
 
 
 def contact_sheet(rows: Sequence[np.ndarray], gap: int = 2) -> np.ndarray:

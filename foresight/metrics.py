@@ -1,5 +1,5 @@
-"""Quality metrics for predicted clips: PSNR, SSIM, a Frechet distance on video features, and
-instruction following (where the instructed object ends up)."""
+"""Quality metrics for predicted clips: PSNR, SSIM and a Frechet distance on video features.
+Instruction following (where the instructed object ends up) is scored in `sim_bridge.scoring`."""
 
 from __future__ import annotations
 
@@ -7,10 +7,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-
-# Instruction following: the target must be found by colour within this many pixels of its true
-# final position, per 64 pixels of frame side (6 px at 64x64 is a bit more than half an object).
-FOLLOW_TOLERANCE_PER_64PX = 6.0
 
 
 def psnr(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -82,18 +78,3 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     cross = np.sqrt(np.clip(inner, 0, None)).sum()
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * cross)
 
-
-def follow_error(frame: np.ndarray, rgb: tuple[int, int, int], truth_xy: np.ndarray) -> float:
-    """Pixel distance from the object of colour `rgb` in `frame` to its true position, or to the
-    nearest of several (P, 2) accepted ones; inf if not found."""
-    from sim_bridge.tabletop import locate_object
-
-    found = locate_object(frame, rgb)
-    if found is None:
-        return float("inf")
-    offsets = np.atleast_2d(truth_xy) - np.asarray(found)
-    return float(np.hypot(offsets[:, 0], offsets[:, 1]).min())
-
-
-def follow_tolerance(frame_side: int) -> float:
-    return FOLLOW_TOLERANCE_PER_64PX * frame_side / 64

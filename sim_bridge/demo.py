@@ -4,8 +4,8 @@ The node runs in a child process (`foresight.node.process`) on a free localhost 
 as a robot would meet it; this process stays a plain client and never loads the model. The
 child's log goes to `<out>/node.log`.
 
-Seeds: episodes from 2_000_000 up, planner goals from 2_500_000 up, disjoint from training
-(< 1_000_000) and evaluation (1_000_000 up) seeds.
+Seeds: episodes from `tasks.DEMO_SEEDS`, planner goals from `tasks.PLANNER_SEEDS`, disjoint from
+training and evaluation seeds.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from sim_bridge.planner import run_planner
 from sim_bridge.replay import NodeGeometry, ReplayConfig, run_replay
 from sim_bridge.replay import format_table as replay_table
 from sim_bridge.tabletop import make_episode
+from sim_bridge.tasks import DEMO_SEEDS
 
-EPISODE_SEED = 2_000_000
+EPISODE_SEED = DEMO_SEEDS.start
 REQUEST_TIMEOUT_S = 300.0
 
 

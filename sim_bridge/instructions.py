@@ -60,3 +60,12 @@ def instruction_for(task: Task, rng: np.random.Generator | None = None,
     words = (_PARAPHRASE_DIRECTION_WORDS if paraphrase else _DIRECTION_WORDS).get(task.kind, {})
     return pattern.format(obj=task.target, ref=task.ref, side=task.direction,
                           dir=words.get(task.direction, task.direction))
+
+
+def unambiguous_instruction(task: Task) -> str:
+    """The canonical training template, except for put_next_to, whose canonical sentence does
+    not say which side: there the training template that does, so no two tasks read alike."""
+    if task.kind == "put_next_to":
+        pattern = next(p for p in TEMPLATES["put_next_to"] if "{side}" in p)
+        return pattern.format(obj=task.target, ref=task.ref, side=task.direction)
+    return instruction_for(task)

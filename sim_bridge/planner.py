@@ -9,6 +9,10 @@ Candidates are the feasible tasks of the trained kinds (push, put_on, put_next_t
 rotate), phrased with the canonical training template; a bounded random subset is offered, with
 the hidden task included at the first step (goals are one task away).
 
+The loop is `runtime.run_episode` (openpi-client's shape): `GoalEnvironment` (the simulator from
+the goal's start scene), `PolicyAgent` (the node planner or the random baseline) and
+`StepRecorder` (a subscriber); any of them can be swapped for the user's own.
+
 Distance to the goal: every object is found by its colour (`locate_object`) in both images and
 the mean pixel offset is taken; when any object is missing in any prediction or in the goal, all
 candidates of that decision are ranked by pixel MSE instead, so one decision never mixes units.
@@ -37,17 +41,19 @@ import numpy as np
 from tqdm import tqdm
 
 from foresight.imaging import contact_sheet, fit_frames, write_gif, write_png
-from foresight.metrics import follow_tolerance
 from foresight.node.client import DEFAULT_ENDPOINT, ForesightClient
-from sim_bridge.instructions import TEMPLATES
-from sim_bridge.replay import NodeGeometry, mean_or_none, atomic_path, write_json
-from sim_bridge.tabletop import (Scene, Task, apply_task, locate_object, random_task, render,
-                                 run_task)
+from sim_bridge.atomic_files import atomic_path, write_json
+from sim_bridge.instructions import unambiguous_instruction as instruction
+from sim_bridge.replay import NodeGeometry, mean_or_none
+from sim_bridge.runtime import run_episode
+from sim_bridge.scoring import follow_tolerance, goal_reached, locate_object
+from sim_bridge.tabletop import Scene, Task, apply_task, random_task, render, run_task
+from sim_bridge.tasks import PLANNER_SEEDS, TRAINED_KINDS
 
 log = logging.getLogger("sim_bridge.planner")  # the same name when run with -m
 
-PLANNER_KINDS = ("push", "put_on", "put_next_to", "pick_up")  # what the model was trained on
-FIRST_SEED = 2_500_000  # goal seeds: disjoint from training (< 1e6), evaluation (1e6+) and demo
+PLANNER_KINDS = TRAINED_KINDS  # what the model was trained on
+FIRST_SEED = PLANNER_SEEDS.start  # goal seeds: disjoint from training, evaluation and demo
 
 
 @dataclass(frozen=True)
@@ -86,15 +92,6 @@ def make_goal(seed: int, geometry: NodeGeometry) -> Goal:
     return Goal(seed, scene, task, final, observe(final, geometry))
 
 
-def instruction(task: Task) -> str:
-    """The canonical training template, except for put_next_to, whose canonical sentence does
-    not say which side: there the training template that does, so no two candidates read alike."""
-    if task.kind == "put_next_to":
-        pattern = next(p for p in TEMPLATES["put_next_to"] if "{side}" in p)
-        return pattern.format(obj=task.target, ref=task.ref, side=task.direction)
-    return task.instruction
-
-
 def candidates(scene: Scene, rng: np.random.Generator, limit: int,
                include: Task | None = None) -> list[Task]:
     """Up to `limit` feasible tasks of PLANNER_KINDS in a random order, `include` among them."""
@@ -131,10 +128,7 @@ def rank(finals: np.ndarray, goal: np.ndarray,
 
 def reached(scene: Scene, goal: Goal, geometry: NodeGeometry) -> bool:
     """Ground truth: every object within follow_tolerance pixels of its place in the goal scene."""
-    side = max(geometry.height, geometry.width)
-    tol = follow_tolerance(side) / side
-    return all(np.hypot(o.x - g.x, (o.y - o.z) - (g.y - g.z)) <= tol
-               for o, g in ((scene.object(g.name), g) for g in goal.final.objects))
+    return goal_reached(scene, goal.final, max(geometry.height, geometry.width))
 
 
 # A policy picks one of the candidate tasks from the context frames; it returns the index and
@@ -163,40 +157,99 @@ def random_policy(rng: np.random.Generator) -> Policy:
     return choose
 
 
+class GoalEnvironment:
+    """The simulator from a goal's start scene, as a runtime Environment. An observation holds
+    the K context frames, the candidate tasks of this step and the goal; an action is
+    {"index": chosen candidate, **anything to record}. The episode is complete when the camera
+    shows the goal, no candidate is left or config.budget steps are spent. The candidate sets
+    depend only on (goal seed, trial, step) and the current scene, so every agent sees the same
+    first set. With `record`, executed frames are rendered (for media) and kept in the action."""
+
+    def __init__(self, goal: Goal, geometry: NodeGeometry, config: PlannerConfig,
+                 trial: int = 0, record: bool = False) -> None:
+        self.goal, self.geometry, self.config = goal, geometry, config
+        self.trial, self.record = trial, record
+        self.colors = {o.name: o.rgb for o in goal.scene.objects}
+        self.tol = follow_tolerance(max(geometry.height, geometry.width))
+
+    def reset(self) -> None:
+        self.scene = self.goal.scene
+        self.history = [observe(self.scene, self.geometry)] * self.geometry.context_frames
+        self.step = 0
+
+    def _tasks(self) -> list[Task]:
+        rng = np.random.default_rng([self.goal.seed, self.trial, self.step])
+        return candidates(self.scene, rng, self.config.max_candidates,
+                          self.goal.task if self.step == 0 else None)
+
+    def is_episode_complete(self) -> bool:
+        if self.step >= self.config.budget:
+            return True
+        seen = object_offsets(self.history[-1], self.goal.image, self.colors)
+        return (seen is not None and seen.max() <= self.tol) or not self._tasks()
+
+    def get_observation(self) -> dict:
+        return {"context": np.stack(self.history[-self.geometry.context_frames:]),
+                "tasks": self._tasks(), "goal": self.goal}
+
+    def apply_action(self, action: dict) -> None:
+        task = self.get_observation()["tasks"][action["index"]]
+        if self.record:
+            side = max(self.geometry.height, self.geometry.width)
+            action["frames"] = fit_frames(run_task(self.scene, task, self.geometry.num_frames,
+                                                   side).frames,
+                                          self.geometry.height, self.geometry.width)
+        self.scene = apply_task(self.scene, task)
+        self.history += (list(action["frames"]) if self.record
+                         else [observe(self.scene, self.geometry)])
+        self.step += 1
+
+
+class PolicyAgent:
+    """A Policy (node planner or random choice) as a runtime Agent."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+
+    def get_action(self, observation: dict) -> dict:
+        index, info = self.policy(observation["context"], observation["tasks"],
+                                  observation["goal"])
+        return {"index": index, **info}
+
+
+class StepRecorder:
+    """A runtime Subscriber keeping one record per decision step."""
+
+    def __init__(self, goal: Goal) -> None:
+        self.goal = goal
+        self.steps: list[dict[str, Any]] = []
+
+    def on_episode_start(self) -> None:
+        self.steps = []
+
+    def on_step(self, observation: dict, action: dict) -> None:
+        tasks = observation["tasks"]
+        task = tasks[action["index"]]
+        info = {k: v for k, v in action.items() if k not in ("index", "frames")}
+        self.steps.append({"candidates": [instruction(t) for t in tasks],
+                           "chosen": instruction(task),
+                           "true_task_offered": self.goal.task in tasks,
+                           "chose_true_task": task == self.goal.task,
+                           "context": observation["context"], "frames": action.get("frames"),
+                           **info})
+
+    def on_episode_end(self) -> None:
+        pass
+
+
 def pursue(goal: Goal, policy: Policy, geometry: NodeGeometry, config: PlannerConfig,
            trial: int = 0, record: bool = False) -> dict:
-    """Run `policy` towards `goal` for up to config.budget steps. The candidate sets depend only
-    on (goal seed, trial, step) and the current scene, so every policy sees the same first set.
-    With `record`, the executed frames are rendered and returned for media."""
-    k = geometry.context_frames
-    colors = {o.name: o.rgb for o in goal.scene.objects}
-    tol = follow_tolerance(max(geometry.height, geometry.width))
-    scene = goal.scene
-    history = [observe(scene, geometry)] * k  # the arm rested before the first decision
-    steps: list[dict[str, Any]] = []
-    for step in range(config.budget):
-        seen = object_offsets(history[-1], goal.image, colors)
-        if seen is not None and seen.max() <= tol:
-            break  # the camera shows the goal: stop
-        rng = np.random.default_rng([goal.seed, trial, step])
-        tasks = candidates(scene, rng, config.max_candidates, goal.task if step == 0 else None)
-        if not tasks:
-            break
-        context = np.stack(history[-k:])
-        index, info = policy(context, tasks, goal)
-        task = tasks[index]
-        frames = None
-        if record:
-            side = max(geometry.height, geometry.width)
-            frames = fit_frames(run_task(scene, task, geometry.num_frames, side).frames,
-                                geometry.height, geometry.width)
-        scene = apply_task(scene, task)
-        history += list(frames) if record else [observe(scene, geometry)]
-        steps.append({"candidates": [instruction(t) for t in tasks], "chosen": instruction(task),
-                      "true_task_offered": goal.task in tasks, "chose_true_task": task == goal.task,
-                      "context": context, "frames": frames, **info})
+    """Run `policy` towards `goal` for up to config.budget steps through the runtime loop."""
+    environment = GoalEnvironment(goal, geometry, config, trial, record)
+    recorder = StepRecorder(goal)
+    run_episode(environment, PolicyAgent(policy), [recorder])
     return {"seed": goal.seed, "goal_instruction": instruction(goal.task),
-            "success": reached(scene, goal, geometry), "steps": steps}
+            "success": reached(environment.scene, goal, geometry), "steps": recorder.steps}
 
 
 def _plain(step: dict) -> dict:

@@ -1,10 +1,14 @@
-"""One entry point for every episode source: our own format and the BridgeData V2 raw layout.
+"""One entry point for every episode source: our own format, BridgeData V2 raw folders, LeRobot v3
+datasets and RLDS (TFDS) shards.
 
 `find_episodes(path)` walks a folder once and names every episode in it with a stable id (its
-path relative to `path`, or the folder name when `path` is itself an episode), so a replay can
-resume by id; `read_episodes(path)` loads them lazily in that sorted order. Formats are told
-apart by shape: an `episode.json` means our format, an `images<d>` folder a Bridge trajectory.
-Hidden folders (unfinished writes) are skipped.
+path relative to `path`, or the folder name when `path` is itself an episode; LeRobot and RLDS
+episodes add `#<number>`), so a replay can resume by id; `EpisodeSource.load()` reads one
+episode, and `read_episodes(path)` loads them lazily in that sorted order. Formats are told
+apart by shape: an `episode.json` means our format, an `images<d>` folder a Bridge trajectory,
+`meta/info.json` a LeRobot dataset, `features.json` beside `*.tfrecord*` shards an RLDS dataset.
+Hidden folders (unfinished writes) and `*lmdb*` folders (not the raw layout, skipped by the
+official Bridge converters too) are skipped.
 """
 
 from __future__ import annotations
@@ -16,27 +20,43 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from sim_bridge.bridge_raw import is_trajectory_dir, read_trajectory
+from sim_bridge import lerobot, rlds
+from sim_bridge.bridge_raw import camera_index, is_trajectory_dir, read_trajectory
 from sim_bridge.episode import Episode
 from sim_bridge.episode_io import EpisodeFormatError, is_episode_dir, read_episode
 
 log = logging.getLogger(__name__)
 
+Camera = int | str  # a camera number, or a name (Bridge topic part, LeRobot or RLDS image key)
+
 
 @dataclass(frozen=True)
 class EpisodeSource:
-    """Where one episode lives, found without reading its frames."""
+    """Where one episode lives, found without reading its frames. `path` is the episode folder,
+    the LeRobot dataset root or the RLDS shard; `index` the LeRobot episode index or the RLDS
+    record's byte offset in its shard."""
 
     id: str
     path: Path
-    kind: Literal["foresight", "bridge_raw"]
+    kind: Literal["foresight", "bridge_raw", "lerobot", "rlds"]
+    index: int | None = None
 
-    def has_camera(self, camera: int) -> bool:
-        return camera == 0 if self.kind == "foresight" else (self.path / f"images{camera}").is_dir()
+    def has_camera(self, camera: Camera) -> bool:
+        if self.kind == "bridge_raw":
+            return camera_index(self.path, camera) is not None
+        if self.kind == "lerobot":
+            return lerobot.camera_key(self.path, camera) is not None
+        if self.kind == "rlds":
+            return rlds.image_key(rlds.read_features(self.path.parent), camera) is not None
+        return camera == 0
 
-    def load(self, camera: int = 0) -> Episode:
+    def load(self, camera: Camera = 0) -> Episode:
         if self.kind == "bridge_raw":
             return read_trajectory(self.path, camera)
+        if self.kind == "lerobot":
+            return lerobot.read_episode(self.path, self.index, camera)
+        if self.kind == "rlds":
+            return rlds.read_episode(self.path, self.index, camera)
         if camera != 0:
             raise ValueError(f"{self.path}: our episode format has one camera (0), got {camera!r}")
         return read_episode(self.path)
@@ -57,27 +77,37 @@ def find_episodes(path: str | os.PathLike) -> list[EpisodeSource]:
             found.append(EpisodeSource(rel, folder, "foresight"))
         elif is_trajectory_dir(folder):
             found.append(EpisodeSource(rel, folder, "bridge_raw"))
+        elif lerobot.is_dataset_dir(folder):
+            found.extend(EpisodeSource(f"{rel}#{i}", folder, "lerobot", i)
+                         for i in lerobot.episode_indices(folder))
+        elif rlds.is_dataset_dir(folder):
+            for shard, offsets in rlds.episode_offsets(folder):
+                found.extend(EpisodeSource(f"{rel}/{shard.name}#{n}", shard, "rlds", offset)
+                             for n, offset in enumerate(offsets))
         else:
-            for child in sorted(p for p in folder.iterdir()
-                                if p.is_dir() and not p.name.startswith(".")):
+            for child in sorted(p for p in folder.iterdir() if p.is_dir()
+                                and not p.name.startswith(".")):
+                if "lmdb" in child.name:
+                    log.info("%s: lmdb folder, skipped", child)
+                    continue
                 walk(child)
 
     walk(root)
     if not found:
-        raise EpisodeFormatError(f"{root}: no episodes (neither episode.json folders nor "
-                                 "BridgeData traj folders with images<d>)")
+        raise EpisodeFormatError(f"{root}: no episodes (neither episode.json folders, BridgeData "
+                                 "traj folders with images<d>, LeRobot datasets nor RLDS shards)")
     return found
 
 
-def read_episodes(path: str | os.PathLike, camera: int = 0) -> Iterator[tuple[str, Episode]]:
+def read_episodes(path: str | os.PathLike, camera: Camera = 0) -> Iterator[tuple[str, Episode]]:
     """(id, episode) for every episode at or under `path`, loaded one at a time.
 
-    Under a tree, Bridge trajectories that did not record camera `camera` are skipped with a
-    warning (rigs differ in their cameras); a single episode without it is an error.
+    Under a tree, episodes that did not record camera `camera` are skipped with a warning (rigs
+    differ in their cameras); a single episode without it is an error.
     """
     sources = find_episodes(path)
     for source in sources:
         if len(sources) > 1 and not source.has_camera(camera):
-            log.warning("%s: no camera %d, skipped", source.path, camera)
+            log.warning("%s: no camera %r, skipped", source.id, camera)
             continue
         yield source.id, source.load(camera)

@@ -23,8 +23,8 @@ Output folder (resumable: rerun the same command after an interruption):
     steps.json, steps.csv         every step's metrics
     summary.json, summary.csv     per episode and overall
 
-Every file is written to a temporary name and renamed into place (os.replace), so a kill at any
-moment leaves either the old complete file or the new complete one.
+Every file is written through `atomic_files` (a temporary name renamed into place), so a kill at
+any moment leaves either the old complete file or the new complete one.
 
 CLI: python -m sim_bridge.replay --episodes PATH --endpoint tcp://127.0.0.1:5555 --out DIR
      [--stride S] [--steps N] [--camera C]
@@ -33,18 +33,15 @@ CLI: python -m sim_bridge.replay --episodes PATH --endpoint tcp://127.0.0.1:5555
 from __future__ import annotations
 
 import argparse
-import contextlib
-import csv
 import dataclasses
 import importlib.util
-import io
 import json
 import logging
 import math
 import os
 import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,11 +50,12 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from foresight.imaging import contact_sheet, fit_frames, read_image, write_gif, write_png
-from foresight.metrics import follow_error, follow_tolerance, psnr, ssim
+from foresight.imaging import contact_sheet, fit_frames, fit_point, read_image, write_gif, write_png
+from foresight.metrics import psnr, ssim
 from foresight.node.client import DEFAULT_ENDPOINT, ForesightClient
+from sim_bridge.atomic_files import atomic_path, write_csv, write_json
 from sim_bridge.episode import Episode
-from sim_bridge.tabletop import accepted_tracks
+from sim_bridge.scoring import accepted_tracks, follow_error, follow_tolerance
 
 log = logging.getLogger("sim_bridge.replay")  # the same name when run with -m
 
@@ -76,7 +74,7 @@ class ReplayConfig:
 
     stride: int | None = None  # frames between decision steps; None: the model's horizon N-K
     steps: int | None = None  # sampler steps per request; None: the node's default
-    camera: int = 0  # Bridge camera (images<camera>)
+    camera: int | str = 0  # camera number or name (see docs/DATA.md)
     seed: int = 0  # sampling seed, the same at every step: a rerun predicts the same frames
     fps: float = 5.0  # media frame rate (BridgeData is recorded at 5 Hz)
 
@@ -105,39 +103,7 @@ class NodeGeometry:
 
 
 # ---------------------------------------------------------------------------------------------
-# Files: atomic writes
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """A temporary path beside `path` (same suffix, hidden name) that replaces it on success."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_text(path: str | os.PathLike, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-
-
-def write_json(path: str | os.PathLike, value: Any) -> None:
-    write_text(path, json.dumps(value, indent=1, allow_nan=False) + "\n")
-
-
-def write_csv(path: str | os.PathLike, rows: list[dict], fields: tuple[str, ...]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fields, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(path, buffer.getvalue())
-
+# Media
 
 def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: float) -> None:
     """uint8 (T, H, W, 3) RGB as MP4: imageio's ffmpeg plugin (H.264) where installed, else
@@ -183,17 +149,6 @@ def decision_steps(length: int, geometry: NodeGeometry,
     return [(t, horizon) for t in range(k - 1, length - horizon, stride)]
 
 
-def fit_point(xy: np.ndarray, src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> np.ndarray:
-    """A pixel-centre (x, y) in a frame of size src_hw, mapped as `fit_frames` maps the frame."""
-    (h, w), (height, width) = src_hw, dst_hw
-    scale = max(height / h, width / w)
-    new_h, new_w = max(height, round(h * scale)), max(width, round(w * scale))
-    left, top = (new_w - width) // 2, (new_h - height) // 2
-    x = (xy[0] + 0.5) * new_w / w - 0.5 - left
-    y = (xy[1] + 0.5) * new_h / h - 0.5 - top
-    return np.array([x, y])
-
-
 def score_step(pred: np.ndarray, episode: Episode, t: int, compared: int) -> dict:
     """PSNR/SSIM of the first `compared` predicted frames against the recorded ones, and the
     target's position error in the last of them where the episode knows where objects are."""
@@ -204,7 +159,8 @@ def score_step(pred: np.ndarray, episode: Episode, t: int, compared: int) -> dic
                               "follow_error_px": None, "followed": None}
     positions, colors, target = episode.object_positions, episode.object_colors, episode.target
     if positions and colors and target in positions and target in colors:
-        truth_xy = [fit_point(track[t + compared], episode.frames.shape[1:3], (h, w)) for track in accepted_tracks(episode)]
+        truth_xy = [fit_point(track[t + compared], episode.frames.shape[1:3], (h, w))
+                    for track in accepted_tracks(episode)]
         error = follow_error(pred[compared - 1], colors[target], np.stack(truth_xy))
         scores["follow_error_px"] = None if math.isinf(error) else error
         scores["followed"] = bool(error <= follow_tolerance(min(h, w)))
@@ -401,13 +357,16 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(prog="python -m sim_bridge.replay", description=main.__doc__)
     parser.add_argument("--episodes", type=Path, required=True,
-                        help="an episode (our format or a BridgeData traj folder) or a tree of them")
+                        help="an episode or a tree of them: our format, BridgeData raw, "
+                             "LeRobot v3 or RLDS (docs/DATA.md)")
     parser.add_argument("--endpoint", default=DEFAULT_ENDPOINT, help="node endpoint (%(default)s)")
     parser.add_argument("--out", type=Path, required=True, help="run folder; rerun to resume")
     parser.add_argument("--stride", type=int, default=None,
                         help="frames between decision steps (default: the model's horizon N-K)")
     parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: node's)")
-    parser.add_argument("--camera", type=int, default=0, help="BridgeData camera (images<C>)")
+    parser.add_argument("--camera", type=lambda c: int(c) if c.isdigit() else c, default=0,
+                        help="camera: a number, or a name such as a Bridge topic part "
+                             "('wrist') or a LeRobot/RLDS image key")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
     args = parser.parse_args(argv)

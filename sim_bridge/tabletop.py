@@ -10,9 +10,10 @@ positions. The final scene of a task is `apply_task(scene, task)` (also stored a
 Everything is deterministic: the same seed gives byte-identical frames.
 
 Pixel convention: the centre of pixel column j is x = j (so normalised x maps to x * size - 0.5),
-the same convention as the centroid `locate_object` returns.
+the same convention as the centroid `scoring.locate_object` returns.
 
 CLI: python -m sim_bridge.tabletop --n N --seed S --out DIR [--size 128] [--frames 16]
+     [--format foresight|lerobot]
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import dataclasses
 import functools
 import logging
 import math
-import re
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -33,6 +33,7 @@ import numpy as np
 
 from sim_bridge.episode import Episode
 from sim_bridge.instructions import instruction_for
+from sim_bridge.tasks import TASK_KINDS
 
 log = logging.getLogger("sim_bridge.tabletop")  # the same name when run with -m
 
@@ -47,7 +48,6 @@ PALETTE: dict[str, tuple[int, int, int]] = {
     "purple": (140, 50, 200),
 }
 SHAPES = ("block", "disc", "triangle")
-TASK_KINDS = ("push", "put_on", "put_next_to", "pick_up", "rotate")
 PUSH_DIRECTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "forward": (0.0, -1.0),
                    "backward": (0.0, 1.0)}
 
@@ -390,39 +390,32 @@ def run_task(scene: Scene, task: Task, num_frames: int = 16, size: int = 128,
     final = apply_task(scene, task)
     scenes = _sample(_script(scene, task), num_frames)
     frames = np.stack([render(s, size) for s in scenes])
-    positions = {o.name: np.array([_pixel_centre(s.object(o.name), size) for s in scenes])
-                 for o in scene.objects}
+    positions = {o.name: _track(scenes, o.name, size) for o in scene.objects}
     return Episode(
         frames=frames, instruction=instruction or task.instruction,
         object_positions=positions, object_colors={o.name: o.rgb for o in scene.objects},
         target=task.target,
         meta={"source": "tabletop", "task": dataclasses.asdict(task), "size": size,
               "num_frames": num_frames, "initial_scene": scene.to_dict(),
-              "final_scene": final.to_dict()})
+              "final_scene": final.to_dict()},
+        states=arm_states(scenes))
 
 
-def accepted_tracks(episode: Episode) -> np.ndarray:
-    """(P, T, 2) pixel tracks of the target under every task the instruction allows, the
-    recorded one first.
+def arm_states(scenes: list[Scene]) -> np.ndarray:
+    """(T, 5) gripper pose per scene: x, y, z (normalised), finger opening, wrist twist (deg)."""
+    return np.array([[s.gripper.x, s.gripper.y, s.gripper.z, s.gripper.opening, s.gripper.twist]
+                     for s in scenes])
 
-    "put the X next to the Y" names no side, so the feasible placement on the other side of Y
-    follows it as well as the recorded one; every other instruction (and any episode not made
-    by this simulator) allows exactly one outcome.
-    """
-    recorded = episode.object_positions[episode.target]
-    meta = episode.meta
-    if meta.get("source") != "tabletop":
-        return recorded[None]
-    task = Task(**meta["task"])
-    if task.kind != "put_next_to" or re.search(rf"\b{task.direction}\b", episode.instruction):
-        return recorded[None]
-    scene = Scene.from_dict(meta["initial_scene"])
-    other = dataclasses.replace(task, direction="right" if task.direction == "left" else "left")
-    if _infeasible(scene, other) is not None:
-        return recorded[None]
-    scenes = _sample(_script(scene, other), meta["num_frames"])
-    track = np.array([_pixel_centre(s.object(task.target), meta["size"]) for s in scenes])
-    return np.stack([recorded, track])
+
+def object_track(scene: Scene, task: Task, name: str, num_frames: int, size: int) -> np.ndarray:
+    """(num_frames, 2) pixel centres of object `name` while `task` runs, without rendering; the
+    same as run_task(...).object_positions[name]. ValueError if the task is infeasible."""
+    apply_task(scene, task)
+    return _track(_sample(_script(scene, task), num_frames), name, size)
+
+
+def _track(scenes: list[Scene], name: str, size: int) -> np.ndarray:
+    return np.array([_pixel_centre(s.object(name), size) for s in scenes])
 
 
 def random_task(scene: Scene, rng: np.random.Generator, kinds: tuple[str, ...] = TASK_KINDS) -> Task:
@@ -591,48 +584,15 @@ def render(scene: Scene, size: int = 128) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
-# Finding objects in (possibly predicted) frames
-
-HUE_TOL = 18.0
-MIN_SATURATION = 0.45
-MIN_VALUE = 0.25
-
-
-def locate_object(frame: np.ndarray, rgb: tuple[int, int, int],
-                  tol: float = HUE_TOL) -> tuple[float, float] | None:
-    """Centroid (x, y), pixel-centre convention, of the largest blob of colour `rgb`, or None.
-
-    A pixel matches when its hue is within `tol` degrees of the hue of `rgb`, and its saturation
-    is at least 0.45 and its value at least 0.25 (HSV, 0-1). Hue ignores the brightness and
-    gradient of the lighting; the saturation floor rejects the wood (< 0.4), the wall and the grey
-    gripper. Palette hues are >= 40 degrees apart, so tol=18 separates neighbours while accepting
-    the colour shifts of blur and tint. Blobs smaller than 0.15% of the frame (6 px at 64x64) are
-    noise and ignored.
-    """
-    if frame.ndim != 3 or frame.shape[-1] != 3 or frame.dtype != np.uint8:
-        raise ValueError(f"frame must be uint8 (H, W, 3), got {frame.dtype} {frame.shape}")
-    hsv = cv2.cvtColor(frame, cv2.COLOR_RGB2HSV_FULL).astype(np.float32)  # hue 0-255
-    target_hue = cv2.cvtColor(np.array([[rgb]], np.uint8), cv2.COLOR_RGB2HSV_FULL)[0, 0, 0]
-    diff = np.abs(hsv[..., 0] - float(target_hue)) * (360 / 256)
-    diff = np.minimum(diff, 360 - diff)
-    mask = (diff <= tol) & (hsv[..., 1] >= MIN_SATURATION * 255) & (hsv[..., 2] >= MIN_VALUE * 255)
-    count, labels, stats, centroids = cv2.connectedComponentsWithStats(mask.astype(np.uint8), 8)
-    if count < 2:
-        return None
-    best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    if stats[best, cv2.CC_STAT_AREA] < 0.0015 * frame.shape[0] * frame.shape[1]:
-        return None
-    return float(centroids[best, 0]), float(centroids[best, 1])
-
-
-# ---------------------------------------------------------------------------------------------
 # CLI
 
 def main(argv: list[str] | None = None) -> None:
-    """Write N episodes (episode i from seed S + i) in our episode format."""
+    """Write N episodes (episode i from seed S + i) in our episode format or as a LeRobot v3
+    dataset."""
     from tqdm import tqdm
 
     from sim_bridge.episode_io import is_episode_dir, write_episode
+    from sim_bridge.lerobot import write_dataset
 
     parser = argparse.ArgumentParser(prog="python -m sim_bridge.tabletop", description=main.__doc__)
     parser.add_argument("--n", type=int, required=True, help="number of episodes")
@@ -642,18 +602,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--frames", type=int, default=16, help="frames per episode")
     parser.add_argument("--paraphrase", action="store_true",
                         help="held-out paraphrased instructions (evaluation only, never training)")
+    parser.add_argument("--format", choices=("foresight", "lerobot"), default="foresight",
+                        help="one folder per episode (resumable), or one LeRobot v3 dataset")
+    parser.add_argument("--fps", type=int, default=5, help="frame rate stored in a LeRobot dataset")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args.out.mkdir(parents=True, exist_ok=True)
     start, kinds, skipped = time.perf_counter(), Counter(), 0
-    for i in tqdm(range(args.n), desc="episodes", unit="ep"):
-        folder = args.out / f"{args.seed + i:08d}"
-        if is_episode_dir(folder):  # resume: complete episodes are kept
-            skipped += 1
-            continue
-        episode = make_episode(args.seed + i, args.size, args.frames, args.paraphrase)
-        write_episode(episode, folder)
-        kinds[episode.meta["task"]["kind"]] += 1
+    seeds = tqdm(range(args.seed, args.seed + args.n), desc="episodes", unit="ep")
+    if args.format == "lerobot":
+        def made():
+            for seed in seeds:
+                episode = make_episode(seed, args.size, args.frames, args.paraphrase)
+                kinds[episode.meta["task"]["kind"]] += 1
+                yield episode
+        write_dataset(made(), args.out, args.fps)
+    else:
+        args.out.mkdir(parents=True, exist_ok=True)
+        for seed in seeds:
+            folder = args.out / f"{seed:08d}"
+            if is_episode_dir(folder):  # resume: complete episodes are kept
+                skipped += 1
+                continue
+            episode = make_episode(seed, args.size, args.frames, args.paraphrase)
+            write_episode(episode, folder)
+            kinds[episode.meta["task"]["kind"]] += 1
     log.info("wrote %d episodes (%s), kept %d existing, to %s in %.1f s", sum(kinds.values()),
              ", ".join(f"{k}={v}" for k, v in sorted(kinds.items())) or "none", skipped, args.out,
              time.perf_counter() - start)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import pickle
 from pathlib import Path
@@ -107,3 +108,65 @@ def test_mixed_tree_has_stable_ids_and_skips_missing_cameras(tmp_path, caplog):
     assert cam1 == ["traj_group0/traj0"] and "no camera 1" in caplog.text
     single = [(i, e.frames.shape) for i, e in read_episodes(raw / "traj_group0" / "traj1")]
     assert single == [("traj1", (2, 480, 640, 3))]
+
+
+def _session(root: Path, date: str, topics: list) -> Path:
+    """A dated collection folder with a config.json naming its camera topics."""
+    session = root / date
+    session.mkdir(parents=True)
+    (session / "config.json").write_text(json.dumps({"agent": {"env": [
+        "WidowX", {"camera_topics": topics, "move_to_rand_start_freq": 1}]}}))
+    return session
+
+
+def _with_states(folder: Path, frames: int) -> Path:
+    """full_state rows 10 t + j and actions 100 t + j, so a shift is visible in the numbers."""
+    rows = np.arange(frames)[:, None] * 10.0 + np.arange(7)
+    obs = {"full_state": rows, "time_stamp": [0.2 * t for t in range(frames)]}
+    (folder / "obs_dict.pkl").write_bytes(pickle.dumps(obs))
+    actions = [{"actions": 100.0 * t + np.arange(7)} for t in range(frames - 1)]
+    (folder / "policy_out.pkl").write_bytes(pickle.dumps(actions))
+    return folder
+
+
+def test_camera_identity_from_session_config(tmp_path):
+    session = _session(tmp_path, "2022-05-01_10-00-00",
+                       [{"name": "/blue/image_raw", "flip": False}, "/yellow/image_raw",
+                        ["/wrist/image_raw", True]])
+    folder = write_trajectory(session / "raw" / "traj_group0" / "traj0", frames=2, cameras=(0, 2))
+    wrist = read_trajectory(folder, camera="wrist")
+    assert wrist.meta["camera"] == 2 and wrist.meta["camera_topic"] == "/wrist/image_raw"
+    assert read_trajectory(folder).meta["camera_topic"] == "/blue/image_raw"
+    with pytest.raises(EpisodeFormatError, match="yellow"):  # named in config, not recorded
+        read_trajectory(folder, camera="/yellow")
+    with pytest.raises(ValueError, match="several topics"):
+        read_trajectory(folder, camera="image_raw")
+    source = find_episodes(session)[0]
+    assert source.has_camera("wrist") and not source.has_camera("yellow")
+    assert source.load("wrist").meta["camera"] == 2
+    assert read_trajectory(write_trajectory(tmp_path / "loose", frames=2)).meta["camera_topic"] is None
+
+
+def test_states_actions_and_the_early_camera_delay(tmp_path):
+    late = _session(tmp_path, "2021-08-02_09-00-00", ["/cam0/image_raw"])
+    folder = _with_states(write_trajectory(late / "raw" / "traj_group0" / "traj0", frames=4), 4)
+    episode = read_trajectory(folder)
+    assert not episode.meta["delay_corrected"] and episode.meta["session"] == late.name
+    assert episode.states.shape == (4, 7) and episode.actions.shape == (3, 7)
+    assert episode.states[2, 0] == 20 and episode.actions[2, 0] == 200
+    early = _session(tmp_path, "2021-07-01_09-00-00", ["/cam0/image_raw"])
+    folder = _with_states(write_trajectory(early / "raw" / "traj_group0" / "traj0", frames=4), 4)
+    shifted = read_trajectory(folder)
+    assert shifted.meta["delay_corrected"]
+    # first image and state dropped, last action dropped: frame t shows im_{t+1}
+    assert shifted.frames.shape[0] == 3 and abs(int(shifted.frames[0, 10, 100, 0]) - 120) <= 3
+    assert shifted.states[:, 0].tolist() == [10, 20, 30]
+    assert shifted.actions[:, 0].tolist() == [0, 100]
+
+
+def test_lmdb_folders_are_skipped(tmp_path):
+    write_trajectory(tmp_path / "2022-01-01_00-00-00" / "raw" / "traj_group0" / "traj0", frames=2)
+    write_trajectory(tmp_path / "2022-01-02_00-00-00_lmdb" / "raw" / "traj_group0" / "traj0",
+                     frames=2)
+    assert [s.id for s in find_episodes(tmp_path)] == [
+        "2022-01-01_00-00-00/raw/traj_group0/traj0"]

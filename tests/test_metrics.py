@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from foresight.metrics import follow_error, follow_tolerance, frechet_distance, psnr, ssim, video_stats_features
+from foresight.metrics import frechet_distance, psnr, ssim, video_stats_features
 from sim_bridge.tabletop import make_episode
 
 
@@ -34,17 +34,3 @@ def test_video_features_tell_motion_from_stillness():
     moving, static = video_stats_features(ep.frames[None]), video_stats_features(still[None])
     assert moving.shape == static.shape and moving.ndim == 2
     assert not np.allclose(moving, static)
-
-
-def test_follow_error_on_ground_truth_frames():
-    ep = make_episode(5, size=64, num_frames=8)
-    target = ep.target
-    err = follow_error(ep.frames[-1], ep.object_colors[target], ep.object_positions[target][-1])
-    assert err < 2.0
-    wrong = follow_error(ep.frames[0], ep.object_colors[target], ep.object_positions[target][-1])
-    assert wrong > follow_tolerance(64)  # the object moved: its first position is far from the last
-    both = np.stack([ep.object_positions[target][-1], ep.object_positions[target][0]])
-    assert follow_error(ep.frames[0], ep.object_colors[target], both) < 2.0  # the nearest accepted one counts
-    blank = np.zeros((64, 64, 3), np.uint8)
-    assert follow_error(blank, ep.object_colors[target], ep.object_positions[target][-1]) == float("inf")
-    assert follow_tolerance(128) == 2 * follow_tolerance(64)

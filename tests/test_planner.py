@@ -68,3 +68,29 @@ def test_planner_end_to_end_one_request_per_decision(tmp_path):
     assert json.loads((tmp_path / "planner_summary.json").read_text())["goals"] == 1
     gif = iio.imread(tmp_path / summary["episodes"][0]["media"]["gif"], index=None)
     assert gif.shape[0] == 8 and gif.shape[2] > 3 * gif.shape[1] - 20  # 3 panels side by side
+
+
+def test_runtime_takes_a_users_own_agent_and_subscriber():
+    from sim_bridge.planner import GoalEnvironment, StepRecorder
+    from sim_bridge.runtime import run_episode
+
+    class TrueTask:
+        def get_action(self, observation):
+            return {"index": observation["tasks"].index(observation["goal"].task)}
+
+    class Count:
+        def on_episode_start(self):
+            self.events = ["start"]
+
+        def on_step(self, observation, action):
+            self.events.append(action["index"])
+
+        def on_episode_end(self):
+            self.events.append("end")
+
+    goal = make_goal(FIRST_SEED, GEOMETRY)
+    environment = GoalEnvironment(goal, GEOMETRY, PlannerConfig(budget=3))
+    count, recorder = Count(), StepRecorder(goal)
+    assert run_episode(environment, TrueTask(), [count, recorder]) == 1  # then the goal is seen
+    assert count.events[0] == "start" and count.events[-1] == "end" and len(count.events) == 3
+    assert recorder.steps[0]["chose_true_task"] and environment.is_episode_complete()

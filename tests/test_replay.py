@@ -18,13 +18,14 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from foresight.imaging import fit_frames
+from foresight.imaging import fit_frames, fit_point
 from foresight.node.client import ForesightClient
 from foresight.node.server import NodeServer, ServerConfig
 from sim_bridge.episode_io import write_episode
 from sim_bridge.readers import read_episodes
-from sim_bridge.replay import NodeGeometry, ReplayConfig, decision_steps, fit_point, run_replay
-from sim_bridge.tabletop import locate_object, make_episode
+from sim_bridge.replay import NodeGeometry, ReplayConfig, decision_steps, run_replay
+from sim_bridge.scoring import locate_object
+from sim_bridge.tabletop import make_episode
 from test_bridge_raw import write_trajectory
 
 TIMEOUT_S = 600.0  # the CPU may be shared with training: be patient, not flaky
