@@ -4,7 +4,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
-EXTRAS ?= model,sim,dev,cpu
+EXTRAS ?= model,sim,dev,cpu,ray
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
