@@ -81,14 +81,21 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from foresight.evaluation import VARIANTS, format_table, run_eval, write_report
+    from foresight.evaluation import RECORDED_VARIANTS, VARIANTS, format_table, run_eval, run_eval_recorded, write_report
 
-    variants = tuple(args.variants.split(",")) if args.variants else VARIANTS
-    report = run_eval(args.model, args.episodes, args.seed, variants, steps=args.steps, i3d=args.i3d,
-                      guidance_interval=None if args.guide_every_step else "config",
-                      guidance_frame=args.guidance_frame, guidance_text=args.guidance_text, figure=args.figure)
+    sampler = {"steps": args.steps, "i3d": args.i3d, "guidance_interval": None if args.guide_every_step else "config",
+               "guidance_frame": args.guidance_frame, "guidance_text": args.guidance_text, "figure": args.figure}
+    if args.episodes_dir:
+        variants = tuple(args.variants.split(",")) if args.variants else RECORDED_VARIANTS
+        report = run_eval_recorded(args.model, args.episodes_dir, args.episodes, args.seed, variants,
+                                   stride=args.stride, per_episode=args.clips_per_episode, **sampler)
+        print(f"{report['clips']} clips from {report['episodes_used']} of {report['episodes_found']} episodes "
+              f"(skipped: {report['skipped']})")
+    else:
+        variants = tuple(args.variants.split(",")) if args.variants else VARIANTS
+        report = run_eval(args.model, args.episodes, args.seed, variants, **sampler)
     print(format_table(report))
-    print(report["fd_note"])
+    print(report["distance_note"])
     if args.json:
         write_report(report, args.json)
         print(f"wrote {args.json}")
@@ -151,17 +158,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aid-steps", type=int, default=None)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="instruction following, PSNR/SSIM and a Frechet distance on held-out episodes")
+    p = sub.add_parser("eval", help="instruction following, PSNR/SSIM and video distances on held-out simulator "
+                                     "episodes, or PSNR/SSIM/FVD/KVD on recorded ones")
     add_model_arguments(p)
-    p.add_argument("--episodes", type=int, default=100)
-    p.add_argument("--seed", type=int, default=0, help="offset into the evaluation seeds (disjoint from training)")
-    p.add_argument("--variants", default=None, help="comma-separated subset of: aid,aid-paraphrase,base,no-states,no-adapters,no-de")
+    p.add_argument("--episodes", type=int, default=100,
+                   help="simulator episodes, or how many recorded episodes to take evenly from --episodes-dir")
+    p.add_argument("--episodes-dir", default=None,
+                   help="recorded episodes (our format or BridgeData V2 raw) instead of the simulator")
+    p.add_argument("--stride", type=int, default=1, help="recorded clips: take every stride-th frame")
+    p.add_argument("--clips-per-episode", type=int, default=1, help="recorded clips: windows spread evenly per episode")
+    p.add_argument("--seed", type=int, default=0,
+                   help="offset into the evaluation seeds (disjoint from training) and the sampling seeds")
+    p.add_argument("--variants", default=None, help="comma-separated subset of: aid,aid-paraphrase,base,no-states,"
+                   "no-adapters,no-de (recorded episodes: all but aid-paraphrase)")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--guide-every-step", action="store_true",
                    help="apply guidance at every step, not only in the model's guidance interval")
     p.add_argument("--guidance-frame", type=float, default=None, help="s_V (default: the model's)")
     p.add_argument("--guidance-text", type=float, default=None, help="s_T (default: the model's)")
-    p.add_argument("--i3d", default=None, help="local TorchScript I3D weights for a real FVD")
+    p.add_argument("--i3d", default=None, help="local TorchScript I3D weights for FVD and KVD (never downloaded)")
     p.add_argument("--json", default=None, help="write the full report here")
     p.add_argument("--figure", default=None,
                    help="PNG of the first variant's predictions on the first 6 episodes, beside the recorded final frames")
