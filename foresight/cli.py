@@ -49,10 +49,48 @@ def cmd_predict(args: argparse.Namespace) -> None:
     print(f"wrote {out} and {out.with_suffix('.png')}")
 
 
-def cmd_params(args: argparse.Namespace) -> None:
-    from foresight.params import count_real_config
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f}"
 
-    counts = count_real_config(num_frames=args.num_frames)
+
+def cmd_params(args: argparse.Namespace) -> None:
+    from foresight.params import DTYPES, architecture, count_real_config, request_memory, training_memory
+
+    if args.memory or args.train:
+        arch = architecture(args.model, args.height, args.width, args.num_frames)
+        cfg = arch.config
+        size = f"{cfg.height}x{cfg.width}x{cfg.num_frames}"
+        if args.memory:
+            batches = [int(b) for b in args.batch.split(",")]
+            reports = [request_memory(arch, b, DTYPES[args.dtype], args.decode_chunk) for b in batches]
+            if args.json:
+                print(json.dumps(reports, indent=2))
+                return
+            weights = reports[0]["weights_bytes"]
+            print(f"one request, {arch.name} at {size}, {args.dtype}, 3 guidance branches per instruction "
+                  f"(GiB; fake tensors, no weights read):")
+            print("weights: " + ", ".join(f"{k} {_gib(v)}" for k, v in weights.items())
+                  + f"; total {_gib(reports[0]['weights_total_bytes'])}")
+            print("| batch (M) | text | encode | UNet call | VAE decode | request peak |")
+            print("| --- | --- | --- | --- | --- | --- |")
+            for r in reports:
+                act = r["activation_peak_bytes"]
+                print(f"| {r['batch']} | {_gib(act['text'])} | {_gib(act['encode'])} | {_gib(act['unet'])} | "
+                      f"{_gib(act['decode'])} ({r['decode_chunk']} frames/call) | {_gib(r['request_peak_bytes'])} |")
+        if args.train:
+            rows = [training_memory(arch, b, ckpt) for ckpt in (False, True) for b in (1, 2)]
+            if args.json:
+                print(json.dumps(rows, indent=2))
+                return
+            print(f"one training step, {arch.name} at {size}: bf16 frozen backbone under autocast, fp32 adapters "
+                  "+ DQFormer with AdamW (GiB):")
+            print("| gradient checkpointing | batch | peak | weights | AdamW states | step (activations, grads) |")
+            print("| --- | --- | --- | --- | --- | --- |")
+            for r in rows:
+                print(f"| {'yes' if r['gradient_checkpointing'] else 'no'} | {r['batch']} | {_gib(r['peak_bytes'])} | "
+                      f"{_gib(r['weights_bytes'])} | {_gib(r['optimizer_state_bytes'])} | {_gib(r['step_peak_bytes'])} |")
+        return
+    counts = count_real_config(num_frames=args.num_frames or 16)
     if args.json:
         print(json.dumps(counts, indent=2))
         return
@@ -187,8 +225,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval", required=True, help="the JSON report of `foresight eval` on that run")
     p.set_defaults(func=cmd_ship)
 
-    p = sub.add_parser("params", help="parameter counts of AID on the real SVD config (no weights needed)")
-    p.add_argument("--num-frames", type=int, default=16)
+    p = sub.add_parser("params", help="parameter counts, request and training memory of AID (no weights needed)")
+    p.add_argument("--memory", action="store_true", help="weights and peak activation memory of one predict request")
+    p.add_argument("--train", action="store_true",
+                   help="memory of one training step, batch 1 and 2, with and without gradient checkpointing")
+    p.add_argument("--model", default="svd",
+                   help="'svd' (the real config), 'tiny' or a model folder (--memory/--train; only configs are read)")
+    p.add_argument("--height", type=int, default=None, help="default: the model's (svd: 256)")
+    p.add_argument("--width", type=int, default=None, help="default: the model's (svd: 256)")
+    p.add_argument("--num-frames", type=int, default=None, help="N (default: the model's; svd: 16)")
+    p.add_argument("--batch", default="1,4,16", help="instructions per request (M), comma-separated (--memory)")
+    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="bf16", help="weights and activations (--memory)")
+    p.add_argument("--decode-chunk", type=int, default=None,
+                   help="frames per VAE decode call (--memory; default: all M x (N+2) at once)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_params)
     return parser
