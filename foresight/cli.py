@@ -60,12 +60,13 @@ def cmd_params(args: argparse.Namespace) -> None:
         arch = architecture(args.model, args.height, args.width, args.num_frames)
         cfg = arch.config
         size = f"{cfg.height}x{cfg.width}x{cfg.num_frames}"
-        if args.memory:
-            batches = [int(b) for b in args.batch.split(",")]
-            reports = [request_memory(arch, b, DTYPES[args.dtype], args.decode_chunk) for b in batches]
-            if args.json:
-                print(json.dumps(reports, indent=2))
-                return
+        batches = [int(b) for b in args.batch.split(",")] if args.memory else []
+        reports = [request_memory(arch, b, DTYPES[args.dtype], args.decode_chunk) for b in batches]
+        rows = [training_memory(arch, b, ckpt) for ckpt in (False, True) for b in (1, 2)] if args.train else []
+        if args.json:
+            print(json.dumps({"memory": reports, "train": rows}, indent=2))
+            return
+        if reports:
             weights = reports[0]["weights_bytes"]
             print(f"one request, {arch.name} at {size}, {args.dtype}, 3 guidance branches per instruction "
                   f"(GiB; fake tensors, no weights read):")
@@ -77,11 +78,7 @@ def cmd_params(args: argparse.Namespace) -> None:
                 act = r["activation_peak_bytes"]
                 print(f"| {r['batch']} | {_gib(act['text'])} | {_gib(act['encode'])} | {_gib(act['unet'])} | "
                       f"{_gib(act['decode'])} ({r['decode_chunk']} frames/call) | {_gib(r['request_peak_bytes'])} |")
-        if args.train:
-            rows = [training_memory(arch, b, ckpt) for ckpt in (False, True) for b in (1, 2)]
-            if args.json:
-                print(json.dumps(rows, indent=2))
-                return
+        if rows:
             print(f"one training step, {arch.name} at {size}: bf16 frozen backbone under autocast, fp32 adapters "
                   "+ DQFormer with AdamW (GiB):")
             print("| gradient checkpointing | batch | peak | weights | AdamW states | step (activations, grads) |")
