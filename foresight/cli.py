@@ -50,10 +50,45 @@ def cmd_predict(args: argparse.Namespace) -> None:
     print(f"wrote {out} and {out.with_suffix('.png')}")
 
 
-def cmd_params(args: argparse.Namespace) -> None:
-    from foresight.params import count_real_config
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f}"
 
-    counts = count_real_config(num_frames=args.num_frames)
+
+def cmd_params(args: argparse.Namespace) -> None:
+    from foresight.params import DTYPES, architecture, count_real_config, request_memory, training_memory
+
+    if args.memory or args.train:
+        arch = architecture(args.model, args.height, args.width, args.num_frames)
+        cfg = arch.config
+        size = f"{cfg.height}x{cfg.width}x{cfg.num_frames}"
+        batches = [int(b) for b in args.batch.split(",")] if args.memory else []
+        reports = [request_memory(arch, b, DTYPES[args.dtype], args.decode_chunk) for b in batches]
+        rows = [training_memory(arch, b, ckpt) for ckpt in (False, True) for b in (1, 2)] if args.train else []
+        if args.json:
+            print(json.dumps({"memory": reports, "train": rows}, indent=2))
+            return
+        if reports:
+            weights = reports[0]["weights_bytes"]
+            print(f"one request, {arch.name} at {size}, {args.dtype}, 3 guidance branches per instruction "
+                  f"(GiB; fake tensors, no weights read):")
+            print("weights: " + ", ".join(f"{k} {_gib(v)}" for k, v in weights.items())
+                  + f"; total {_gib(reports[0]['weights_total_bytes'])}")
+            print("| batch (M) | text | encode | UNet call | VAE decode | request peak |")
+            print("| --- | --- | --- | --- | --- | --- |")
+            for r in reports:
+                act = r["activation_peak_bytes"]
+                print(f"| {r['batch']} | {_gib(act['text'])} | {_gib(act['encode'])} | {_gib(act['unet'])} | "
+                      f"{_gib(act['decode'])} ({r['decode_chunk']} frames/call) | {_gib(r['request_peak_bytes'])} |")
+        if rows:
+            print(f"one training step, {arch.name} at {size}: bf16 frozen backbone under autocast, fp32 adapters "
+                  "+ DQFormer with AdamW (GiB):")
+            print("| gradient checkpointing | batch | peak | weights | AdamW states | step (activations, grads) |")
+            print("| --- | --- | --- | --- | --- | --- |")
+            for r in rows:
+                print(f"| {'yes' if r['gradient_checkpointing'] else 'no'} | {r['batch']} | {_gib(r['peak_bytes'])} | "
+                      f"{_gib(r['weights_bytes'])} | {_gib(r['optimizer_state_bytes'])} | {_gib(r['step_peak_bytes'])} |")
+        return
+    counts = count_real_config(num_frames=args.num_frames or 16)
     if args.json:
         print(json.dumps(counts, indent=2))
         return
@@ -82,14 +117,21 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from foresight.evaluation import VARIANTS, format_table, run_eval, write_report
+    from foresight.evaluation import RECORDED_VARIANTS, VARIANTS, format_table, run_eval, run_eval_recorded, write_report
 
-    variants = tuple(args.variants.split(",")) if args.variants else VARIANTS
-    report = run_eval(args.model, args.episodes, args.seed, variants, steps=args.steps, i3d=args.i3d,
-                      guidance_interval=None if args.guide_every_step else "config",
-                      guidance_frame=args.guidance_frame, guidance_text=args.guidance_text, figure=args.figure)
+    sampler = {"steps": args.steps, "i3d": args.i3d, "guidance_interval": None if args.guide_every_step else "config",
+               "guidance_frame": args.guidance_frame, "guidance_text": args.guidance_text, "figure": args.figure}
+    if args.episodes_dir:
+        variants = tuple(args.variants.split(",")) if args.variants else RECORDED_VARIANTS
+        report = run_eval_recorded(args.model, args.episodes_dir, args.episodes, args.seed, variants,
+                                   stride=args.stride, per_episode=args.clips_per_episode, **sampler)
+        print(f"{report['clips']} clips from {report['episodes_used']} of {report['episodes_found']} episodes "
+              f"(skipped: {report['skipped']})")
+    else:
+        variants = tuple(args.variants.split(",")) if args.variants else VARIANTS
+        report = run_eval(args.model, args.episodes, args.seed, variants, **sampler)
     print(format_table(report))
-    print(report["fd_note"])
+    print(report["distance_note"])
     if args.json:
         write_report(report, args.json)
         print(f"wrote {args.json}")
@@ -156,17 +198,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aid-steps", type=int, default=None)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="instruction following, PSNR/SSIM and a Frechet distance on held-out episodes")
+    p = sub.add_parser("eval", help="instruction following, PSNR/SSIM and video distances on held-out simulator "
+                                     "episodes, or PSNR/SSIM/FVD/KVD on recorded ones")
     add_model_arguments(p)
-    p.add_argument("--episodes", type=int, default=100)
-    p.add_argument("--seed", type=int, default=0, help="offset into the evaluation seeds (disjoint from training)")
-    p.add_argument("--variants", default=None, help="comma-separated subset of: aid,aid-paraphrase,base,no-states,no-adapters,no-de")
+    p.add_argument("--episodes", type=int, default=100,
+                   help="simulator episodes, or how many recorded episodes to take evenly from --episodes-dir")
+    p.add_argument("--episodes-dir", default=None,
+                   help="recorded episodes (our format or BridgeData V2 raw) instead of the simulator")
+    p.add_argument("--stride", type=int, default=1, help="recorded clips: take every stride-th frame")
+    p.add_argument("--clips-per-episode", type=int, default=1, help="recorded clips: windows spread evenly per episode")
+    p.add_argument("--seed", type=int, default=0,
+                   help="offset into the evaluation seeds (disjoint from training) and the sampling seeds")
+    p.add_argument("--variants", default=None, help="comma-separated subset of: aid,aid-paraphrase,base,no-states,"
+                   "no-adapters,no-de (recorded episodes: all but aid-paraphrase)")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--guide-every-step", action="store_true",
                    help="apply guidance at every step, not only in the model's guidance interval")
     p.add_argument("--guidance-frame", type=float, default=None, help="s_V (default: the model's)")
     p.add_argument("--guidance-text", type=float, default=None, help="s_T (default: the model's)")
-    p.add_argument("--i3d", default=None, help="local TorchScript I3D weights for a real FVD")
+    p.add_argument("--i3d", default=None, help="local TorchScript I3D weights for FVD and KVD (never downloaded)")
     p.add_argument("--json", default=None, help="write the full report here")
     p.add_argument("--figure", default=None,
                    help="PNG of the first variant's predictions on the first 6 episodes, beside the recorded final frames")
@@ -177,8 +227,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval", required=True, help="the JSON report of `foresight eval` on that run")
     p.set_defaults(func=cmd_ship)
 
-    p = sub.add_parser("params", help="parameter counts of AID on the real SVD config (no weights needed)")
-    p.add_argument("--num-frames", type=int, default=16)
+    p = sub.add_parser("params", help="parameter counts, request and training memory of AID (no weights needed)")
+    p.add_argument("--memory", action="store_true", help="weights and peak activation memory of one predict request")
+    p.add_argument("--train", action="store_true",
+                   help="memory of one training step, batch 1 and 2, with and without gradient checkpointing")
+    p.add_argument("--model", default="svd",
+                   help="'svd' (the real config), 'tiny' or a model folder (--memory/--train; only configs are read)")
+    p.add_argument("--height", type=int, default=None, help="default: the model's (svd: 256)")
+    p.add_argument("--width", type=int, default=None, help="default: the model's (svd: 256)")
+    p.add_argument("--num-frames", type=int, default=None, help="N (default: the model's; svd: 16)")
+    p.add_argument("--batch", default="1,4,16", help="instructions per request (M), comma-separated (--memory)")
+    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="bf16", help="weights and activations (--memory)")
+    p.add_argument("--decode-chunk", type=int, default=None,
+                   help="frames per VAE decode call (--memory; default: all M x (N+2) at once)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_params)
     return parser

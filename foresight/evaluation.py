@@ -1,74 +1,71 @@
-"""`foresight eval`: the paper's kind of table on held-out simulator episodes.
+"""`foresight eval`: the paper's kind of table on held-out simulator episodes, and PSNR/SSIM/FVD/KVD
+on recorded episodes.
 
 Variants:
 - aid:             the model as shipped, training phrasings;
 - aid-paraphrase:  the same episodes, instructions reworded with phrasings never used in training;
-- base:            the text-free image-to-video base the AID stage started from;
+- base:            the text-free image-to-video base (no adapters, no DQFormer, the SVD folder's UNet);
 - no-states, no-adapters, no-de: knock-outs of the trained model at inference (state descriptions
-  emptied, adapters' outputs zeroed, DE tokens removed). They are NOT retrained ablations as in the
-  paper; they show what the trained model relies on.
+  emptied, model loaded without its adapters or without the DE branch). They are NOT retrained
+  ablations as in the paper; they show what the trained model relies on.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
-from foresight.imaging import contact_sheet, write_png
-from foresight.metrics import (
-    frechet_distance,
-    i3d_features,
-    psnr,
-    ssim,
-    video_stats_features,
-)
+from foresight.imaging import contact_sheet, fit_frames, write_png
+from foresight.metrics import distance_note, psnr, ssim, video_distances
 from foresight.model_dir import load_model
 from foresight.pipeline import ForesightPipeline
 from foresight.training.data import tabletop_episodes
 from sim_bridge.episode import Episode
+from sim_bridge.readers import EpisodeSource, find_episodes
 from sim_bridge.scoring import accepted_tracks, follow_error, follow_tolerance
+from sim_bridge.tasks import EVAL_SEEDS, TRAINED_KINDS
 
 logger = logging.getLogger(__name__)
 
-EVAL_SEED_START = 1_000_000  # training uses seeds below this
-VARIANTS = ("aid", "aid-paraphrase", "base", "no-states", "no-adapters", "no-de")
-EVAL_KINDS = ("push", "put_on", "put_next_to", "pick_up")
+
+# Each row's knock-outs (foresight.model_dir.KNOCKOUTS). The base is every AID part left out: SVD's
+# image token alone conditions the UNet, with the cross-attention of the SVD folder.
+VARIANT_KNOCKOUTS = {
+    "aid": (),
+    "aid-paraphrase": (),
+    "base": ("adapters", "text", "cross-attention"),
+    "no-states": (),
+    "no-adapters": ("adapters",),
+    "no-de": ("de",),
+}
+VARIANTS = tuple(VARIANT_KNOCKOUTS)
+RECORDED_VARIANTS = tuple(v for v in VARIANTS if v != "aid-paraphrase")  # rewording needs the simulator
 
 
-def _empty_states(num_states: int) -> Callable:
-    return lambda instruction, image=None: [""] * num_states
+class NoStates:
+    """The no-states knock-out as the pipeline's decomposer: every state description empty."""
+
+    uses_image = False
+
+    def __init__(self, num_states: int) -> None:
+        self.num_states = num_states
+
+    def __call__(self, instruction: str, image: np.ndarray | None = None) -> list[str]:
+        return [""] * self.num_states
 
 
 def variant_pipeline(spec: str, variant: str) -> ForesightPipeline:
-    """A pipeline for one table row, freshly loaded so knock-outs never touch another row's model."""
-    model, card = load_model(spec)
-    if variant in ("aid", "aid-paraphrase"):
-        return ForesightPipeline(model, card)
-    if variant == "base":
-        base_cfg = replace(model.config, adapters=None, dqformer=None, train_cross_attention=False)
-        from foresight.models.aid import AIDModel
-
-        return ForesightPipeline(AIDModel(model.svd_components(), None, base_cfg), card)
-    if variant == "no-states":
-        return ForesightPipeline(model, card, decomposer=_empty_states(model.config.num_states))
-    if variant == "no-adapters":
-        with torch.no_grad():
-            for adapter in model.unet.adapters.modules():
-                if hasattr(adapter, "up"):
-                    adapter.up.weight.zero_()
-                    adapter.up.bias.zero_()
-        return ForesightPipeline(model, card)
-    if variant == "no-de":
-        model.dqformer.config = replace(model.dqformer.config, use_de=False)
-        return ForesightPipeline(model, card)
-    raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
+    """A pipeline for one table row, loaded without that row's knocked-out parts."""
+    if variant not in VARIANT_KNOCKOUTS:
+        raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
+    model, card = load_model(spec, knockouts=VARIANT_KNOCKOUTS[variant])
+    decomposer = NoStates(model.config.num_states) if variant == "no-states" else None
+    return ForesightPipeline(model, card, decomposer=decomposer)
 
 
 def predictions_figure(episodes: list[Episode], preds: np.ndarray, context_frames: int, scale: int = 2) -> np.ndarray:
@@ -82,40 +79,46 @@ def predictions_figure(episodes: list[Episode], preds: np.ndarray, context_frame
     return np.repeat(np.repeat(sheet, scale, axis=0), scale, axis=1)
 
 
-def evaluate_variant(pipe: ForesightPipeline, episodes: list[Episode], seed: int, batch: int = 8,
-                     steps: int | None = None, i3d: str | None = None,
-                     guidance_interval: tuple[float, float] | None | Literal["config"] = "config",
-                     guidance_frame: float | None = None, guidance_text: float | None = None,
-                     figure: str | Path | None = None, figure_rows: int = 6) -> dict:
-    """Predict every episode from its first K frames and score the prediction.
+Sampler = dict  # steps, guidance_interval, guidance_frame, guidance_text: as in ForesightPipeline.predict
 
-    steps, guidance_*: the sampler, as in `ForesightPipeline.predict` (None: the model's defaults).
-    figure: also write `predictions_figure` of the first `figure_rows` episodes there (PNG).
-    """
+
+def predict_episodes(pipe: ForesightPipeline, episodes: list[Episode], seed: int, sampler: Sampler,
+                     batch: int = 8) -> np.ndarray:
+    """Predict every episode from its first K frames, episode i with sampling seed `seed + i`;
+    returns uint8 (E, N-K, H, W, 3)."""
     k = pipe.context_frames
     preds = []
     for start in tqdm(range(0, len(episodes), batch), desc="predicting", leave=False):
         chunk = episodes[start : start + batch]
         frames = np.stack([ep.frames[:k] for ep in chunk])
-        preds.append(pipe.predict(frames, [ep.instruction for ep in chunk], steps=steps,
-                                  guidance_interval=guidance_interval, guidance_frame=guidance_frame,
-                                  guidance_text=guidance_text, seed=[seed + start + i for i in range(len(chunk))]))
-    preds = np.concatenate(preds)
-    if figure is not None:
-        Path(figure).parent.mkdir(parents=True, exist_ok=True)
-        write_png(figure, predictions_figure(episodes[:figure_rows], preds[:figure_rows], k))
+        preds.append(pipe.predict(frames, [ep.instruction for ep in chunk],
+                                  seed=[seed + start + i for i in range(len(chunk))], **sampler))
+    return np.concatenate(preds)
+
+
+def clip_scores(episodes: list[Episode], preds: np.ndarray, context_frames: int, i3d: str | None) -> dict:
+    """PSNR and SSIM of the predicted frames against the recorded ones, and video distances between
+    whole clips (context + prediction) and the recorded clips."""
+    k = context_frames
     truth = np.stack([ep.frames[k:] for ep in episodes])
-    side = truth.shape[-2]
+    full_pred = np.concatenate([np.stack([ep.frames[:k] for ep in episodes]), preds], axis=1)
+    full_truth = np.stack([ep.frames for ep in episodes])
+    return {
+        "psnr": float(np.mean([psnr(p, t) for p, t in zip(preds, truth)])),
+        "ssim": float(np.mean([ssim(p, t) for p, t in zip(preds, truth)])),
+        **video_distances(full_pred, full_truth, i3d),
+    }
+
+
+def follow_scores(episodes: list[Episode], preds: np.ndarray) -> dict:
+    """Where the instructed object ends up in the last predicted frame, against the simulator's truth."""
     errors = np.array([
         follow_error(p[-1], ep.object_colors[ep.target], accepted_tracks(ep)[:, -1])
         for p, ep in zip(preds, episodes)
     ])
-    tol = follow_tolerance(side)
+    tol = follow_tolerance(preds.shape[-2])
     kinds = [ep.meta["task"]["kind"] for ep in episodes]
-    full_pred = np.concatenate([np.stack([ep.frames[:k] for ep in episodes]), preds], axis=1)
-    full_truth = np.stack([ep.frames for ep in episodes])
-    result = {
-        "episodes": len(episodes),
+    return {
         "follow_rate": float(np.mean(errors <= tol)),
         "follow_tolerance_px": tol,
         "follow_median_error_px": float(np.median(errors)),
@@ -123,13 +126,47 @@ def evaluate_variant(pipe: ForesightPipeline, episodes: list[Episode], seed: int
         "follow_rate_by_kind": {
             kind: float(np.mean(errors[[k_ == kind for k_ in kinds]] <= tol)) for kind in sorted(set(kinds))
         },
-        "psnr": float(np.mean([psnr(p, t) for p, t in zip(preds, truth)])),
-        "ssim": float(np.mean([ssim(p, t) for p, t in zip(preds, truth)])),
-        "fd_stats": frechet_distance(video_stats_features(full_pred), video_stats_features(full_truth)),
     }
-    if i3d is not None:
-        result["fvd_i3d"] = frechet_distance(i3d_features(full_pred, i3d), i3d_features(full_truth, i3d))
-    return result
+
+
+def evaluate_variant(pipe: ForesightPipeline, episodes: list[Episode], seed: int, sampler: Sampler,
+                     i3d: str | None = None, follow: bool = True, figure: str | Path | None = None,
+                     figure_rows: int = 6) -> dict:
+    """Predict every episode (or clip) from its first K frames and score the prediction.
+
+    follow: score instruction following (simulator episodes only: it needs the true object tracks).
+    figure: also write `predictions_figure` of the first `figure_rows` episodes there (PNG).
+    """
+    preds = predict_episodes(pipe, episodes, seed, sampler)
+    if figure is not None:
+        Path(figure).parent.mkdir(parents=True, exist_ok=True)
+        write_png(figure, predictions_figure(episodes[:figure_rows], preds[:figure_rows], pipe.context_frames))
+    result = {"episodes" if follow else "clips": len(episodes)}
+    if follow:
+        result |= follow_scores(episodes, preds)
+    return result | clip_scores(episodes, preds, pipe.context_frames, i3d)
+
+
+def _check_variants(variants: tuple[str, ...], allowed: tuple[str, ...]) -> None:
+    unknown = [v for v in variants if v not in allowed]
+    if unknown or not variants:
+        raise ValueError(f"variants must be a non-empty subset of {allowed}, got {list(variants)}")
+
+
+def _report_head(spec: str, probe: ForesightPipeline, sampler: Sampler, i3d: str | None) -> dict:
+    """What every report states first: the model, the sampler as resolved, and which distances it holds."""
+    head = {"model": spec, **sampler}
+    for key in ("steps", "guidance_frame", "guidance_text"):
+        head[key] = probe.defaults[key] if head[key] is None else head[key]
+    return head | {"distance_note": distance_note(i3d)}
+
+
+def _sampler(probe: ForesightPipeline, steps: int | None,
+             guidance_interval: tuple[float, float] | None | Literal["config"],
+             guidance_frame: float | None, guidance_text: float | None) -> Sampler:
+    interval = probe.defaults["guidance_interval"] if guidance_interval == "config" else guidance_interval
+    return {"steps": steps, "guidance_interval": interval, "guidance_frame": guidance_frame,
+            "guidance_text": guidance_text}
 
 
 def run_eval(spec: str, n: int, seed: int, variants: tuple[str, ...] = VARIANTS, steps: int | None = None,
@@ -137,48 +174,110 @@ def run_eval(spec: str, n: int, seed: int, variants: tuple[str, ...] = VARIANTS,
              guidance_interval: tuple[float, float] | None | Literal["config"] = "config",
              guidance_frame: float | None = None, guidance_text: float | None = None,
              figure: str | Path | None = None) -> dict:
-    """Evaluate each variant on simulator seeds EVAL_SEED_START + seed + [0, n).
+    """Evaluate each variant on simulator seeds EVAL_SEEDS.start + seed + [0, n).
 
+    steps, guidance_*: the sampler, as in `ForesightPipeline.predict` (None: the model's defaults;
+    "config": the model's guidance interval).
     figure: write the first variant's predictions of the first episodes there (the README's figure).
     """
     if n < 2:
         raise ValueError(f"evaluation needs at least 2 episodes (the Frechet distance compares distributions), got {n}")
+    _check_variants(variants, VARIANTS)
     probe = variant_pipeline(spec, "aid")
     size, frames = probe.height, probe.num_frames
-    seeds = range(EVAL_SEED_START + seed, EVAL_SEED_START + seed + n)
-    plain = list(tabletop_episodes(seeds, size, frames, EVAL_KINDS))
-    reworded = list(tabletop_episodes(seeds, size, frames, EVAL_KINDS, paraphrase=True))
-    interval = probe.defaults["guidance_interval"] if guidance_interval == "config" else guidance_interval
-    report = {"model": spec, "seeds": [seeds.start, seeds.stop], "steps": steps or probe.defaults["steps"],
-              "guidance_interval": interval,
-              "guidance_frame": probe.defaults["guidance_frame"] if guidance_frame is None else guidance_frame,
-              "guidance_text": probe.defaults["guidance_text"] if guidance_text is None else guidance_text,
-              "fd_note": "fd_stats is a Frechet distance on hand-made appearance/motion features, not FVD "
-                         "(I3D weights are not available offline; pass --i3d PATH for FVD)",
-              "variants": {}}
+    seeds = range(EVAL_SEEDS.start + seed, EVAL_SEEDS.start + seed + n)
+    plain = list(tabletop_episodes(seeds, size, frames, TRAINED_KINDS))
+    reworded = list(tabletop_episodes(seeds, size, frames, TRAINED_KINDS, paraphrase=True))
+    sampler = _sampler(probe, steps, guidance_interval, guidance_frame, guidance_text)
+    report = _report_head(spec, probe, sampler, i3d) | {"seeds": [seeds.start, seeds.stop], "variants": {}}
     for variant in variants:
         logger.info("evaluating %s on %d episodes", variant, n)
         pipe = probe if variant == "aid" else variant_pipeline(spec, variant)
         episodes = reworded if variant == "aid-paraphrase" else plain
-        report["variants"][variant] = evaluate_variant(pipe, episodes, seed, steps=steps, i3d=i3d,
-                                                       guidance_interval=interval, guidance_frame=guidance_frame,
-                                                       guidance_text=guidance_text,
+        report["variants"][variant] = evaluate_variant(pipe, episodes, seed, sampler, i3d=i3d,
+                                                       figure=figure if variant == variants[0] else None)
+    return report
+
+
+def recorded_clips(sources: list[EpisodeSource], num_frames: int, height: int, width: int, stride: int = 1,
+                   per_episode: int = 1) -> tuple[list[Episode], dict[str, int]]:
+    """Clips of `num_frames` frames, one every `stride` recorded frames, `per_episode` of them spread
+    evenly over each episode, fitted to height x width (`fit_frames`: scale, centre-crop).
+
+    Returns the clips (as episodes; meta names the source and first frame) and how many episodes
+    were skipped and why: shorter than one clip, or no instruction to condition on.
+    """
+    if stride < 1 or per_episode < 1:
+        raise ValueError(f"stride and per_episode must be >= 1, got stride={stride}, per_episode={per_episode}")
+    span = stride * (num_frames - 1) + 1
+    clips, skipped = [], {"too_short": 0, "no_instruction": 0}
+    for source in tqdm(sources, desc="reading episodes", leave=False):
+        episode = source.load()
+        if not episode.instruction:
+            skipped["no_instruction"] += 1
+            continue
+        length = len(episode.frames)
+        if length < span:
+            skipped["too_short"] += 1
+            continue
+        starts = sorted({round(s) for s in np.linspace(0, length - span, per_episode)})
+        for start in starts:
+            frames = fit_frames(episode.frames[start : start + span : stride], height, width)
+            clips.append(Episode(frames, episode.instruction,
+                                 meta={"source": source.id, "start": start, "stride": stride}))
+    return clips, skipped
+
+
+def run_eval_recorded(spec: str, episodes_dir: str | Path, n: int, seed: int,
+                      variants: tuple[str, ...] = RECORDED_VARIANTS, stride: int = 1, per_episode: int = 1,
+                      steps: int | None = None, i3d: str | None = None,
+                      guidance_interval: tuple[float, float] | None | Literal["config"] = "config",
+                      guidance_frame: float | None = None, guidance_text: float | None = None,
+                      figure: str | Path | None = None) -> dict:
+    """Evaluate each variant on clips of recorded episodes (any format `sim_bridge.readers` reads).
+
+    n episodes are taken evenly from the sorted episodes under `episodes_dir` (all when there are
+    fewer); clips as in `recorded_clips`; clip i samples with seed `seed + i`.
+    """
+    _check_variants(variants, RECORDED_VARIANTS)
+    sources = find_episodes(episodes_dir)
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    picked = [sources[i] for i in sorted({int(i) for i in np.linspace(0, len(sources) - 1, min(n, len(sources)))})]
+    probe = variant_pipeline(spec, "aid")
+    clips, skipped = recorded_clips(picked, probe.num_frames, probe.height, probe.width, stride, per_episode)
+    if len(clips) < 2:
+        raise ValueError(f"{episodes_dir}: {len(clips)} usable clip(s) of {probe.num_frames} frames at stride "
+                         f"{stride} from {len(picked)} episodes (skipped: {skipped}); the distances need at least 2")
+    sampler = _sampler(probe, steps, guidance_interval, guidance_frame, guidance_text)
+    report = _report_head(spec, probe, sampler, i3d) | {
+        "episodes_dir": str(episodes_dir), "episodes_found": len(sources), "episodes_used": len(picked),
+        "skipped": skipped, "clips": len(clips),
+        "clip": {"num_frames": probe.num_frames, "context_frames": probe.context_frames, "stride": stride,
+                 "per_episode": per_episode, "height": probe.height, "width": probe.width},
+        "variants": {},
+    }
+    for variant in variants:
+        logger.info("evaluating %s on %d recorded clips", variant, len(clips))
+        pipe = probe if variant == "aid" else variant_pipeline(spec, variant)
+        report["variants"][variant] = evaluate_variant(pipe, clips, seed, sampler, i3d=i3d, follow=False,
                                                        figure=figure if variant == variants[0] else None)
     return report
 
 
 def format_table(report: dict) -> str:
-    """A markdown table, one row per variant, like the paper's ablation table."""
-    fd_key = "fvd_i3d" if any("fvd_i3d" in r for r in report["variants"].values()) else "fd_stats"
-    lines = [
-        f"| variant | follow rate | median error (px) | PSNR | SSIM | {fd_key} |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
+    """A markdown table, one row per variant, like the paper's ablation table; instruction following
+    for simulator episodes, FVD and KVD when an I3D was given, the stand-in distance otherwise."""
+    rows = list(report["variants"].values())
+    follow = "follow_rate" in rows[0]
+    distances = ["fvd_i3d", "kvd_i3d"] if "fvd_i3d" in rows[0] else ["fd_stats"]
+    head = (["follow rate", "median error (px)"] if follow else ["clips"]) + ["PSNR", "SSIM"] + distances
+    lines = ["| variant | " + " | ".join(head) + " |", "|" + " --- |" * (len(head) + 1)]
     for name, r in report["variants"].items():
-        lines.append(
-            f"| {name} | {100 * r['follow_rate']:.1f}% | {r['follow_median_error_px']:.1f} | {r['psnr']:.2f} | "
-            f"{r['ssim']:.3f} | {r[fd_key]:.3f} |"
-        )
+        cells = ([f"{100 * r['follow_rate']:.1f}%", f"{r['follow_median_error_px']:.1f}"] if follow
+                 else [str(r["clips"])])
+        cells += [f"{r['psnr']:.2f}", f"{r['ssim']:.3f}"] + [f"{r[key]:.3f}" for key in distances]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

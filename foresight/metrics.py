@@ -1,8 +1,10 @@
-"""Quality metrics for predicted clips: PSNR, SSIM and a Frechet distance on video features.
-Instruction following (where the instructed object ends up) is scored in `sim_bridge.scoring`."""
+"""Quality metrics for predicted clips: PSNR, SSIM, FVD and KVD on I3D features (or a Frechet distance
+on stand-in features when no I3D is at hand). Instruction following (where the instructed object
+ends up) is scored in `sim_bridge.scoring`."""
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import cv2
@@ -48,23 +50,33 @@ def video_stats_features(clips: np.ndarray) -> np.ndarray:
     return np.concatenate(feats, axis=1).astype(np.float64)
 
 
-def i3d_features(clips: np.ndarray, weights: str | Path) -> np.ndarray:
+@lru_cache(maxsize=1)
+def _load_i3d(weights: str):
+    import torch
+
+    return torch.jit.load(weights, map_location="cpu").eval()
+
+
+def i3d_features(clips: np.ndarray, weights: str | Path, batch: int = 8) -> np.ndarray:
     """Features from a local TorchScript I3D (the FVD network, e.g. `i3d_torchscript.pt`).
 
     Follows the common FVD recipe: frames resized to 224x224, values in [-1, 1], input
-    (B, 3, T, 224, 224), 400-d logits-free features (`rescale=False, resize=False, return_features=True`).
+    (B, 3, T, 224, 224), 400-d logits-free features (`rescale=False, resize=False, return_features=True`);
+    `batch` clips at a time, so memory does not grow with the number of clips.
     """
     import torch
 
-    model = torch.jit.load(str(weights)).eval()
-    x = torch.from_numpy(clips).float()
-    b, t = x.shape[:2]
-    x = x.flatten(0, 1).permute(0, 3, 1, 2)
-    x = torch.nn.functional.interpolate(x, size=(224, 224), mode="bilinear", align_corners=False)
-    x = (x / 127.5 - 1).unflatten(0, (b, t)).permute(0, 2, 1, 3, 4)
-    with torch.no_grad():
-        feats = model(x, rescale=False, resize=False, return_features=True)
-    return feats.double().numpy()
+    model = _load_i3d(str(weights))
+    feats = []
+    for start in range(0, len(clips), batch):
+        x = torch.from_numpy(clips[start : start + batch]).float()
+        b, t = x.shape[:2]
+        x = x.flatten(0, 1).permute(0, 3, 1, 2)
+        x = torch.nn.functional.interpolate(x, size=(224, 224), mode="bilinear", align_corners=False)
+        x = (x / 127.5 - 1).unflatten(0, (b, t)).permute(0, 2, 1, 3, 4)
+        with torch.no_grad():
+            feats.append(model(x, rescale=False, resize=False, return_features=True).double().numpy())
+    return np.concatenate(feats)
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -77,4 +89,38 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     inner = np.linalg.eigvalsh(root_a @ s_b @ root_a)
     cross = np.sqrt(np.clip(inner, 0, None)).sum()
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * cross)
+
+
+def kernel_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Unbiased squared MMD between two feature sets (m, d) and (n, d) with the polynomial kernel
+    k(x, y) = (x.y / d + 1)^3: KID (Binkowski et al. 2018), named KVD on I3D features (Unterthiner
+    et al. 2018). Each within-set sum leaves out the diagonal, so two samples of one distribution
+    score 0 in expectation (it can come out slightly negative)."""
+    m, n, d = len(a), len(b), a.shape[1]
+    if m < 2 or n < 2:
+        raise ValueError(f"the kernel distance needs at least 2 samples per set, got {m} and {n}")
+    k_aa, k_bb, k_ab = ((x @ y.T / d + 1) ** 3 for x, y in ((a, a), (b, b), (a, b)))
+    within_a = (k_aa.sum() - np.trace(k_aa)) / (m * (m - 1))
+    within_b = (k_bb.sum() - np.trace(k_bb)) / (n * (n - 1))
+    return float(within_a + within_b - 2 * k_ab.mean())
+
+
+def video_distances(pred: np.ndarray, truth: np.ndarray, i3d: str | Path | None = None) -> dict[str, float]:
+    """Distances between two sets of uint8 clips (B, T, H, W, 3): fd_stats always; with a local I3D
+    also FVD (`fvd_i3d`, Frechet) and KVD (`kvd_i3d`, kernel) on its features."""
+    result = {"fd_stats": frechet_distance(video_stats_features(pred), video_stats_features(truth))}
+    if i3d is not None:
+        fp, ft = i3d_features(pred, i3d), i3d_features(truth, i3d)
+        result |= {"fvd_i3d": frechet_distance(fp, ft), "kvd_i3d": kernel_distance(fp, ft)}
+    return result
+
+
+def distance_note(i3d: str | Path | None) -> str:
+    """What a report's distances are, in words."""
+    stand_in = ("fd_stats is a Frechet distance on hand-made appearance/motion features (video_stats_features), "
+                "a stand-in that is not comparable with published FVD")
+    if i3d is None:
+        return f"no I3D given (--i3d PATH to a local TorchScript I3D): FVD and KVD not computed; {stand_in}"
+    return (f"fvd_i3d and kvd_i3d: Frechet and polynomial-kernel MMD distances on I3D features ({i3d}) of whole "
+            f"clips, context frames included; {stand_in}")
 

@@ -3,7 +3,9 @@
 `load_model(spec)` takes
 - "tiny-random": a small SVD-architecture model with random weights, built from config (tests);
 - "tiny": the embedded model trained on the tabletop simulator, shipped in this package;
-- a folder path in the format below.
+- a folder path in the format below;
+and `knockouts` names AID parts to leave out (see `knocked_out`): the model is built without them
+and their trained weights are not loaded, the evaluation's knock-outs.
 
 Model folder format:
     aid_config.json    {"format": 1, "aid": AIDConfig, "svd": "svd" | absolute path,
@@ -18,7 +20,9 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -47,6 +51,31 @@ TINY_RANDOM_AID = AIDConfig(
 )
 
 
+# adapters: all three adapters; me / de: one DQFormer branch; text: the whole DQFormer (SVD's image
+# token alone conditions the UNet); cross-attention: the UNet's cross-attention as in the SVD folder.
+KNOCKOUTS = ("adapters", "me", "de", "text", "cross-attention")
+
+
+def knocked_out(config: AIDConfig, knockouts: Sequence[str]) -> AIDConfig:
+    """`config` with the named parts disabled."""
+    unknown = sorted(set(knockouts) - set(KNOCKOUTS))
+    if unknown:
+        raise ValueError(f"unknown knock-outs {unknown}; choose from {KNOCKOUTS}")
+    if {"me", "de"} <= set(knockouts):
+        raise ValueError("knocking out both 'me' and 'de' leaves the DQFormer nothing; knock out 'text' instead")
+    dq = config.dqformer
+    if "text" in knockouts:
+        dq = None
+    elif dq is not None:
+        dq = replace(dq, use_me=dq.use_me and "me" not in knockouts, use_de=dq.use_de and "de" not in knockouts)
+    return replace(
+        config,
+        adapters=None if "adapters" in knockouts else config.adapters,
+        dqformer=dq,
+        train_cross_attention=config.train_cross_attention and "cross-attention" not in knockouts,
+    )
+
+
 def resolve_text_encoder(ref: str, base: Path | None = None) -> Path:
     if ref == BUNDLED_TEXT_ENCODER:
         return bundled_text_encoder_path()
@@ -54,15 +83,23 @@ def resolve_text_encoder(ref: str, base: Path | None = None) -> Path:
     return path if path.is_absolute() or base is None else base / path
 
 
-def build_tiny_random(seed: int = 0) -> AIDModel:
-    """The random tiny model: same code path as the real one, weights from a fixed seed."""
+def build_tiny_random(seed: int = 0, knockouts: Sequence[str] = ()) -> AIDModel:
+    """The random tiny model: same code path as the real one, weights from a fixed seed
+    (with knock-outs: the same weights, less the parts left out)."""
     svd = build_tiny_svd(TINY_RANDOM_SVD, seed=seed)
     text = TextEncoder(bundled_text_encoder_path(), TINY_RANDOM_AID.text_max_length)
     torch.manual_seed(seed + 1)
-    return AIDModel(svd, text, TINY_RANDOM_AID)
+    model = AIDModel(svd, text, TINY_RANDOM_AID)
+    if not knockouts:
+        return model
+    # a fresh SVD: adapters hook into the UNet they were built on
+    knocked = AIDModel(build_tiny_svd(TINY_RANDOM_SVD, seed=seed), text, knocked_out(TINY_RANDOM_AID, knockouts))
+    knocked.load_aid_weights(model.aid_state_dict(), strict=False)
+    return knocked
 
 
-def load_model_dir(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[AIDModel, dict]:
+def load_model_dir(path: str | Path, dtype: torch.dtype = torch.float32,
+                   knockouts: Sequence[str] = ()) -> tuple[AIDModel, dict]:
     """Load a model folder; returns the model and its card (empty when the folder has none)."""
     path = Path(path)
     config_file = path / "aid_config.json"
@@ -71,7 +108,7 @@ def load_model_dir(path: str | Path, dtype: torch.dtype = torch.float32) -> tupl
     spec = json.loads(config_file.read_text())
     if spec.get("format") != FORMAT_VERSION:
         raise ValueError(f"{config_file}: format {spec.get('format')!r}, this version reads {FORMAT_VERSION}")
-    config = AIDConfig.from_dict(spec["aid"])
+    config = knocked_out(AIDConfig.from_dict(spec["aid"]), knockouts)
     svd_path = Path(spec["svd"])
     svd = load_svd(svd_path if svd_path.is_absolute() else path / svd_path, dtype=dtype)
     text_ref = spec.get("text_encoder")
@@ -80,7 +117,7 @@ def load_model_dir(path: str | Path, dtype: torch.dtype = torch.float32) -> tupl
     weights = path / "aid.safetensors"
     if not weights.is_file():
         raise FileNotFoundError(f"{path} has no aid.safetensors (adapter and DQFormer weights)")
-    model.load_aid_weights(weights)
+    model.load_aid_weights(weights, strict=not knockouts)
     card_file = path / "model_card.json"
     card = json.loads(card_file.read_text()) if card_file.is_file() else {}
     return model, card
@@ -106,15 +143,16 @@ def save_model_dir(
         (path / "model_card.json").write_text(json.dumps(card, indent=2))
 
 
-def load_model(spec: str, dtype: torch.dtype = torch.float32) -> tuple[AIDModel, dict]:
-    """'tiny-random', 'tiny' or a model folder -> (model, model card)."""
+def load_model(spec: str, dtype: torch.dtype = torch.float32,
+               knockouts: Sequence[str] = ()) -> tuple[AIDModel, dict]:
+    """'tiny-random', 'tiny' or a model folder -> (model, model card), without the `knockouts` parts."""
     if spec == "tiny-random":
-        return build_tiny_random(), {"name": "tiny-random", "note": "random weights, for tests"}
+        return build_tiny_random(knockouts=knockouts), {"name": "tiny-random", "note": "random weights, for tests"}
     if spec == "tiny":
         if not (EMBEDDED_DIR / "aid_config.json").is_file():
             raise FileNotFoundError(
                 f"the embedded model is not in this install ({EMBEDDED_DIR}); train it with "
                 "`foresight train` or use --model tiny-random"
             )
-        return load_model_dir(EMBEDDED_DIR, dtype)
-    return load_model_dir(spec, dtype)
+        return load_model_dir(EMBEDDED_DIR, dtype, knockouts)
+    return load_model_dir(spec, dtype, knockouts)

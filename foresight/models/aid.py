@@ -91,19 +91,22 @@ class AIDModel(nn.Module):
     def save_aid_weights(self, path: str | Path) -> None:
         save_file({k: v.detach().cpu().contiguous() for k, v in self.aid_state_dict().items()}, str(path))
 
-    def load_aid_weights(self, path: str | Path) -> None:
-        """Load adapter/DQFormer weights; every expected tensor must be present with its shape."""
-        state = load_file(str(path))
+    def load_aid_weights(self, path: str | Path | dict[str, torch.Tensor], strict: bool = True) -> None:
+        """Load adapter/DQFormer weights (a file or a state dict); every expected tensor must be present
+        with its shape. strict=False skips tensors of parts this config leaves out (knock-outs)."""
+        is_file = isinstance(path, (str, Path))
+        state, source = (load_file(str(path)), path) if is_file else (path, "the state dict")
         expected = self.aid_state_dict()
         missing, unexpected = expected.keys() - state.keys(), state.keys() - expected.keys()
-        if missing or unexpected:
+        if missing or (unexpected and strict):
             raise ValueError(
-                f"{path} does not match this AID config: missing {sorted(missing)[:5]}, "
+                f"{source} does not match this AID config: missing {sorted(missing)[:5]}, "
                 f"unexpected {sorted(unexpected)[:5]}"
             )
+        state = {k: v for k, v in state.items() if k in expected}
         for key, value in state.items():
             if value.shape != expected[key].shape:
-                raise ValueError(f"{path}: {key} has shape {tuple(value.shape)}, expected {tuple(expected[key].shape)}")
+                raise ValueError(f"{source}: {key} has shape {tuple(value.shape)}, expected {tuple(expected[key].shape)}")
         with torch.no_grad():
             for key, value in state.items():
                 expected[key].copy_(value)

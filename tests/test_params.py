@@ -1,0 +1,103 @@
+"""`foresight params`: memory computed on fake tensors, checked against real runs on the CPU."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from foresight.params import LiveBytes, architecture, count_real_config, request_memory, training_memory
+
+# Peak RSS of a real request sits above the live tensor bytes by the allocator's overhead and the
+# runtime's scratch buffers; on the tiny model at M=16 the two agreed within this share.
+RSS_MARGIN = 0.25
+
+MEASURE_RSS = textwrap.dedent("""
+    import resource, sys
+    import numpy as np, torch
+    torch.set_num_threads(1)
+    from foresight.pipeline import load_pipeline
+
+    def rss():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096
+
+    pipe = load_pipeline("tiny")
+    frames = np.zeros((1, 64, 64, 3), np.uint8)
+    pipe.predict(frames, ["push the red block left"], steps=1)  # warm-up: kernels, caches
+    before = rss()
+    pipe.predict(frames, [f"push the red block left {i}" for i in range(int(sys.argv[1]))], steps=1)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before)
+""")
+
+
+def test_live_bytes_counts_each_new_storage_once_while_it_lives():
+    with LiveBytes() as tracker:
+        a = torch.ones(1000)  # 4000 bytes
+        view = a.view(10, 100)  # shares a's storage
+        view.mul_(3)  # in place: no new storage
+        b = a * 2  # 4000 more
+        del b
+        c = torch.ones(500)  # 2000
+    assert tracker.peak == 8000 and tracker.live == 6000
+    assert c.sum() == 500 and view.sum() == 3000
+
+
+def test_request_memory_matches_the_measured_peak_of_a_real_request_on_the_cpu():
+    """The tiny model in float32 at M=16: the estimate's largest stage against the rise of peak
+    RSS over one real `predict` (after a warm-up), in a fresh process."""
+    estimate = request_memory(architecture("tiny"), 16, torch.float32)
+    activations = estimate["request_peak_bytes"] - estimate["weights_total_bytes"]
+    out = subprocess.run([sys.executable, "-c", MEASURE_RSS, "16"], capture_output=True, text=True, check=True)
+    measured = int(out.stdout.split()[-1])
+    assert activations == pytest.approx(measured, rel=RSS_MARGIN)
+
+
+def test_request_memory_of_the_real_config():
+    arch = architecture("svd")
+    one, two = (request_memory(arch, m, torch.bfloat16) for m in (1, 2))
+    assert one["weights_bytes"]["unet"] == 2 * count_real_config()["unet"]  # bf16: 2 bytes per weight
+    assert one["height"] == one["width"] == 256 and one["num_frames"] == 16 and one["clips_per_unet_call"] == 3
+    for stage in ("unet", "decode"):  # activations scale with the batch
+        assert two["activation_peak_bytes"][stage] == pytest.approx(2 * one["activation_peak_bytes"][stage], rel=0.1)
+    chunked = request_memory(arch, 2, torch.bfloat16, decode_chunk=4)
+    assert chunked["activation_peak_bytes"]["decode"] < two["activation_peak_bytes"]["decode"] / 4
+
+
+@pytest.mark.slow
+def test_training_memory_falls_with_checkpointing_and_counts_adamw():
+    arch = architecture("tiny")
+    plain, checkpointed, two = (training_memory(arch, b, c) for b, c in ((1, False), (1, True), (2, False)))
+    assert checkpointed["step_peak_bytes"] < plain["step_peak_bytes"] < two["step_peak_bytes"]
+    trainable = count_trainable_bytes(arch)
+    assert plain["optimizer_state_bytes"] == pytest.approx(2 * trainable, rel=0.01)  # exp_avg, exp_avg_sq
+
+
+def count_trainable_bytes(arch) -> int:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from foresight.params import build_modules
+
+    with FakeTensorMode():
+        mods = build_modules(arch, torch.bfloat16, torch.float32)
+        return sum(p.numel() * 4 for m in (mods.unet.adapters, mods.dqformer) for p in m.parameters())
+
+
+@pytest.mark.slow
+def test_params_cli_memory_and_train_tables():
+    out = subprocess.run([sys.executable, "-m", "foresight.cli", "params", "--memory", "--train", "--model", "tiny",
+                          "--batch", "1,2", "--json"], capture_output=True, text=True, check=True).stdout
+    report = json.loads(out)
+    assert [r["batch"] for r in report["memory"]] == [1, 2]
+    assert all(r["request_peak_bytes"] > r["weights_total_bytes"] for r in report["memory"])
+    assert [(r["gradient_checkpointing"], r["batch"]) for r in report["train"]] == [
+        (False, 1), (False, 2), (True, 1), (True, 2)]
+
+
+def test_params_cli_memory_table():
+    out = subprocess.run([sys.executable, "-m", "foresight.cli", "params", "--memory", "--model", "tiny", "--batch", "1"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "one request, tiny at 64x64x8, bf16" in out
+    assert "| batch (M) | text | encode | UNet call | VAE decode | request peak |" in out and "\n| 1 | " in out
