@@ -96,7 +96,9 @@ class VisionEncoder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """images (B, 3, H, W) in [-1, 1] -> (patch features (B, Lv, Dv), image token (B, 1, D))."""
-        x = F.interpolate(images, size=(self.size, self.size), mode="bicubic", align_corners=False, antialias=True)
+        # antialiased bicubic has no half-precision CPU kernel; resize in float32 and cast after
+        x = F.interpolate(images.float(), size=(self.size, self.size), mode="bicubic", align_corners=False,
+                          antialias=True)
         x = ((x + 1) / 2).clamp(0, 1)
         x = (x - self.mean) / self.std
         out = self.encoder(pixel_values=x.to(self.encoder.dtype))

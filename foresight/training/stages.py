@@ -119,9 +119,15 @@ class AIDStage(nn.Module):
         text = TextEncoder(resolve_text_encoder(cfg.model.text_encoder), aid.text_max_length)
         torch.manual_seed(cfg.seed)
         self.model = AIDModel(base_svd(cfg), text, aid)
-        self.model.train()
-        self.model.unet.unet.eval()  # frozen: no dropout in the backbone
         self.loss, self.dropout = cfg.loss, _dropout(cfg)
+        self.train()
+
+    def train(self, mode: bool = True) -> AIDStage:
+        """Only what trains changes mode; the frozen encoders and backbone stay in eval (no dropout)."""
+        super().train(mode)
+        for frozen in (self.model.unet.unet, self.model.vae, self.model.vision, self.model.text):
+            frozen.eval()
+        return self
 
     def forward(self, video: torch.Tensor, instructions: Sequence[str], states: Sequence[Sequence[str]],
                 generator: torch.Generator) -> torch.Tensor:

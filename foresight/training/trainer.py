@@ -6,7 +6,8 @@ gradient accumulation, gradient checkpointing, EMA of the trained weights, Tenso
 periodic validation, and `save_state`/`load_state` checkpoints that hold only what trains.
 
 Determinism: each step's noise, noise levels and condition dropout come from a generator
-seeded by (seed, step, micro-step, rank), and each clip from its sample number (see `data`), so
+seeded by (seed, step, micro-step, rank), which also seeds torch's global generator for the
+step (dropout inside modules), and each clip from its sample number (see `data`), so
 a run killed and resumed from a checkpoint continues exactly as if never interrupted.
 """
 
@@ -64,6 +65,7 @@ def train(cfg: TrainConfig) -> Path:
     """Run (or resume) one job; returns the output it wrote (a model, SVD or VAE folder)."""
     out = Path(cfg.out)
     accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),  # lets torchrun-started CPU processes find each other (gloo)
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.optim.grad_accum,
         log_with="tensorboard",
@@ -74,12 +76,7 @@ def train(cfg: TrainConfig) -> Path:
         write_resolved(cfg, out)
     set_seed(cfg.seed)
     stage = build_stage(cfg)
-    weight_dtype = DTYPES[cfg.mixed_precision]
-    params = [p for p in stage.parameters() if p.requires_grad]
-    # frozen parts in the mixed-precision dtype; what trains stays fp32 under autocast
-    for p in stage.parameters():
-        if not p.requires_grad:
-            p.data = p.data.to(weight_dtype)
+    params = cast_frozen(stage, DTYPES[cfg.mixed_precision])
     if cfg.gradient_checkpointing:
         stage.enable_gradient_checkpointing()
     stage.to(accelerator.device)
@@ -124,11 +121,12 @@ def train(cfg: TrainConfig) -> Path:
     module, optimizer = accelerator.prepare(stage, optimizer)
     accelerator.register_for_checkpointing(scheduler)
 
-    start = 0
+    start, seconds_before = 0, 0.0
     found = checkpoints(out)
     if found:
         start, folder = found[-1]
         accelerator.load_state(str(folder))
+        seconds_before = json.loads((folder / "done").read_text())["seconds"]
         logger.info("resuming from %s at step %d/%d", folder, start, optim.steps)
 
     decomposer = make_decomposer(cfg.model.states, cfg.model.aid.num_states)
@@ -141,13 +139,15 @@ def train(cfg: TrainConfig) -> Path:
     bar = tqdm(range(start, optim.steps), initial=start, total=optim.steps, desc=f"train {cfg.stage}",
                disable=not accelerator.is_main_process)
     clips_per_step = optim.batch * optim.grad_accum * world
-    window_start, window_steps, loss_sum = time.perf_counter(), 0, 0.0
+    run_start = time.perf_counter()
+    window_start, window_steps, loss_sum, mean = run_start, 0, 0.0, float("nan")
     for step in bar:
         for micro in range(optim.grad_accum):
             video, instructions, states = next(batches)
+            g = step_generator(cfg.seed, step, micro, rank)
+            torch.manual_seed(g.initial_seed())  # randomness inside modules (dropout) is per step too
             with accelerator.accumulate(module):
-                loss = module(video.to(accelerator.device), instructions, states,
-                              step_generator(cfg.seed, step, micro, rank))
+                loss = module(video.to(accelerator.device), instructions, states, g)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(params, optim.max_grad_norm)
@@ -163,10 +163,12 @@ def train(cfg: TrainConfig) -> Path:
             mean = accelerator.reduce(torch.tensor(loss_sum / window_steps, device=accelerator.device), "mean").item()
             rate = window_steps * clips_per_step / elapsed
             accelerator.log({"loss": mean, "lr": scheduler.get_last_lr()[0], "clips_per_s": rate}, step=step + 1)
+            check_replicas(accelerator, params, step + 1)
             bar.set_postfix(loss=f"{mean:.4f}", clips_s=f"{rate:.1f}")
             window_start, window_steps, loss_sum = time.perf_counter(), 0, 0.0
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == optim.steps:
-            save_checkpoint(accelerator, out, step + 1, cfg.checkpoints_total_limit)
+            seconds = seconds_before + time.perf_counter() - run_start
+            save_checkpoint(accelerator, out, step + 1, cfg.checkpoints_total_limit, seconds)
         if cfg.validation.every and (step + 1) % cfg.validation.every == 0:
             validate_with_ema(accelerator, module, ema, params, cfg, step + 1, decomposer)
 
@@ -179,18 +181,43 @@ def train(cfg: TrainConfig) -> Path:
         if cfg.stage == "vae":
             stage.calibrate(calibration_clips(cfg))
         result = stage.write_output(cfg, out)
+        stats = {"steps": optim.steps, "seconds": round(seconds_before + time.perf_counter() - run_start, 1),
+                 "final_loss": mean}
+        (out / "stats.json").write_text(json.dumps(stats, indent=2))
         logger.info("wrote %s", result)
     accelerator.end_training()
     return result
 
 
-def save_checkpoint(accelerator: Accelerator, out: Path, step: int, limit: int) -> None:
-    """`checkpoints/checkpoint-<step>`, marked complete by a `done` file; older ones beyond `limit` go."""
+def check_replicas(accelerator: Accelerator, params: list[torch.nn.Parameter], step: int) -> None:
+    """Raise if data-parallel processes no longer hold the same trained weights (they must, bit for bit)."""
+    if accelerator.num_processes == 1:
+        return
+    sums = torch.stack([p.detach().double().sum() for p in params]).to(accelerator.device)
+    gathered = accelerator.gather(sums[None]).cpu()
+    if not (gathered == gathered[0]).all():
+        raise RuntimeError(f"step {step}: processes hold different trained weights; "
+                           f"{int((gathered != gathered[0]).any(0).sum())} of {len(params)} tensors differ")
+    if accelerator.is_main_process:
+        logger.debug("step %d: replicas agree on %d trained tensors", step, len(params))
+
+
+def cast_frozen(stage: torch.nn.Module, dtype: torch.dtype) -> list[torch.nn.Parameter]:
+    """Frozen parameters to `dtype` (the mixed-precision one); returns the trainable ones, kept fp32."""
+    for p in stage.parameters():
+        if not p.requires_grad:
+            p.data = p.data.to(dtype)
+    return [p for p in stage.parameters() if p.requires_grad]
+
+
+def save_checkpoint(accelerator: Accelerator, out: Path, step: int, limit: int, seconds: float) -> None:
+    """`checkpoints/checkpoint-<step>`, marked complete by a `done` file (with the training time so
+    far); older ones beyond `limit` go."""
     folder = out / "checkpoints" / f"checkpoint-{step}"
     accelerator.save_state(str(folder))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (folder / "done").write_text(json.dumps({"step": step}))
+        (folder / "done").write_text(json.dumps({"step": step, "seconds": round(seconds, 1)}))
         for _, old in checkpoints(out)[:-limit]:
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
@@ -213,14 +240,12 @@ def validate_with_ema(accelerator: Accelerator, module, ema, params, cfg: TrainC
         if ema is not None:
             ema.store(params)
             ema.copy_to(params)
-        model = accelerator.unwrap_model(module).model
-        model.eval()
+        stage = accelerator.unwrap_model(module).eval()
         try:
             with accelerator.autocast():
-                metrics, sheet = validate(model, cfg.validation, cfg.seed, decomposer)
+                metrics, sheet = validate(stage.model, cfg.validation, cfg.seed, decomposer)
         finally:
-            model.train()
-            model.unet.unet.eval()
+            stage.train()
             if ema is not None:
                 ema.restore(params)
         accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=step)
