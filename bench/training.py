@@ -1,7 +1,8 @@
 """Training section: clips/s of the AID stage's training step on the tiny model, per CPU setting.
 
-Each setting builds the `tiny-aid` stage afresh on the same SVD folder and times whole training
-steps (forward, backward, AdamW) on one fixed batch, so data loading is not in the figure:
+Each setting builds the `tiny-aid` stage afresh with the model's own SVD folder and AID config,
+and times whole training steps (forward, backward, AdamW) on one fixed batch, so data loading
+is not in the figure:
 - fp32 eager: the baseline;
 - bf16: frozen parts in bf16, trained weights fp32 under autocast (`mixed_precision = "bf16"`);
 - channels-last: the UNet's 4D activations and convolution weights in NHWC;
@@ -12,6 +13,7 @@ Run alone with `python -m bench.training [--quick]`.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import statistics
 import time
@@ -35,22 +37,22 @@ SETTINGS = {
 }
 
 
-def _svd_folder(spec: str) -> Path:
-    """The SVD folder the AID model `spec` adapts ('tiny': the shipped tiny-svd)."""
-    import json
-
+def _model_folders(spec: str) -> tuple[Path, dict]:
+    """The SVD folder an AID model folder adapts ('tiny': the shipped tiny-svd) and its AID config."""
     from foresight.model_dir import EMBEDDED_DIR
 
     folder = EMBEDDED_DIR if spec == "tiny" else Path(spec)
-    svd = Path(json.loads((folder / "aid_config.json").read_text())["svd"])
-    return svd if svd.is_absolute() else (folder / svd).resolve()
+    meta = json.loads((folder / "aid_config.json").read_text())
+    svd = Path(meta["svd"])
+    return (svd if svd.is_absolute() else (folder / svd).resolve()), meta["aid"]
 
 
 def clips_per_second(spec: str, setting: dict, batch: int, runs: int, warmup: int) -> dict:
     """Median clips/s over `runs` timed training steps of `batch` clips."""
     precision = setting.get("mixed_precision", "no")
-    (cfg,) = load_jobs("tiny-aid", (f"model.svd={_svd_folder(spec)}", f"optim.batch={batch}",
-                                    f"mixed_precision={precision}"))
+    svd, aid_config = _model_folders(spec)
+    (cfg,) = load_jobs("tiny-aid", (f"model.svd={svd}", f"model.aid={json.dumps(aid_config)}",
+                                    f"optim.batch={batch}", f"mixed_precision={precision}"))
     stage = AIDStage(cfg)
     params = cast_frozen(stage, DTYPES[precision])
     unet = stage.model.unet.unet
@@ -113,7 +115,7 @@ def markdown(result: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m bench.training", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="tiny", help="'tiny' or an AID model folder (its SVD folder is used)")
+    parser.add_argument("--model", default="tiny", help="'tiny' or an AID model folder (its SVD folder and config)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated subset of {list(SETTINGS)}")
     parser.add_argument("--quick", action="store_true")
