@@ -41,7 +41,7 @@ class TextEncoder(nn.Module):
         kind = json.loads((path / "config.json").read_text()).get("model_type")
         if kind in ("clip", "clip_text_model"):
             self.tokenizer = CLIPTokenizer.from_pretrained(path, local_files_only=True)
-            self.model = CLIPTextModel.from_pretrained(path, local_files_only=True).text_model
+            self.model = CLIPTextModel.from_pretrained(path, local_files_only=True)
         else:
             self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
             self.model = AutoModel.from_pretrained(path, local_files_only=True)

@@ -1,8 +1,9 @@
 """Training job configuration: one frozen dataclass tree, read from TOML/JSON files or shipped presets.
 
 A job file sets `stage` ("vae", "base" or "aid": which parameters train and which loss) and the
-sections below (`extends = "<file or preset>"` starts from another file); a chain file (`chain = ["tiny-vae", "tiny-base", "tiny-aid"]`) runs several jobs
-in order, each in `<out>/<stage>`. Paths in `model.svd` and `model.vae` may use `{out}` (the
+sections below (`extends = "<file or preset>"` starts from another file); a chain file
+(`chain = ["tiny-vae", "tiny-base", "tiny-aid"]`) runs several jobs in order, each in
+`<out>/<stage>`. Paths in `model.svd` and `model.vae` may use `{out}` (the
 job's run folder), so a chained stage can name the previous stage's output. `--set a.b=value`
 overrides any field; the value is parsed as JSON when it parses, else taken as a string.
 """

@@ -98,8 +98,8 @@ def train(cfg: TrainConfig) -> Path:
     def save_hook(models, weights, folder):
         weights.pop()  # accelerate's full state dict, frozen backbone included: never written
         if accelerator.is_main_process:
-            save_file({k: v.contiguous().cpu() for k, v in trainable_state(accelerator.unwrap_model(models[0])).items()},
-                      str(Path(folder) / TRAINABLE_FILE))
+            state = trainable_state(accelerator.unwrap_model(models[0]))
+            save_file({k: v.contiguous().cpu() for k, v in state.items()}, str(Path(folder) / TRAINABLE_FILE))
             if ema is not None:
                 torch.save(ema.state_dict(), Path(folder) / EMA_FILE)
 
