@@ -17,7 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Iterator
 
-from bench import backends, diffusers_svd, fleet, node, report, scaling
+from bench import backends, diffusers_svd, fleet, node, report, scaling, training
 from bench.core import IDLE_CORES, OtherLoad, Plan, machine_info, set_threads
 from bench.models import ModelSource, default_model
 from foresight.node.process import running_node
@@ -92,6 +92,9 @@ def run(spec: str, plan: Plan, threads: int, device: str, out: Path) -> dict:
                 results["load"] = node.load(engine_pipe, engine_node, default_steps, plan)
     with section("5 scaling", loads):
         results["scaling"] = scaling.series(source, model, default_steps, plan, device)
+    if source.svd_dir is not None:
+        with section("7 training", loads):
+            results["training"] = training.compare(spec, plan, batch=2 if plan.runs == 1 else 8)
     return results
 
 
@@ -116,6 +119,9 @@ def main(argv: list[str] | None = None) -> dict:
     print()
     for line in report.notes(results):
         print(line)
+    if "training" in results:
+        print()
+        print(training.markdown(results["training"]))
     print(f"\nwall time {results['wall_s']:.0f} s; wrote " + ", ".join(str(p) for p in paths.values()))
     return results
 

@@ -99,21 +99,25 @@ def cmd_params(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from dataclasses import replace
+    from foresight.training.config import load_jobs
+    from foresight.training.trainer import train
 
-    from foresight.training.recipe import RecipeConfig, run_recipe
-
-    cfg = RecipeConfig(seed=args.seed)
-    overrides = {"episodes": args.episodes}
-    for stage in ("vae", "base", "aid"):
-        steps = getattr(args, f"{stage}_steps")
-        if steps is not None:
-            key = "stage_aid" if stage == "aid" else stage
-            overrides[key] = replace(getattr(cfg, key), steps=steps)
-    cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    jobs = load_jobs(args.config, tuple(args.set), args.out)
     start = time.perf_counter()
-    final = run_recipe(cfg, args.out)
-    print(f"trained model in {final} ({(time.perf_counter() - start) / 60:.1f} min this run)")
+    for job in jobs:
+        result = train(job)
+        print(f"{job.stage}: wrote {result}")
+    print(f"done in {(time.perf_counter() - start) / 60:.1f} min this run; rerun the same command to resume")
+
+
+def cmd_states(args: argparse.Namespace) -> None:
+    from foresight.states import VLMDecomposer, build_states_cache
+    from sim_bridge.readers import read_episodes
+
+    vlm = VLMDecomposer(args.vlm, args.num_states, device=args.device)
+    pairs = ((ep.instruction, ep.frames[0]) for _, ep in read_episodes(args.episodes, args.camera))
+    added = build_states_cache(pairs, vlm, args.out)
+    print(f"added {added} instructions to {args.out}")
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -143,7 +147,7 @@ def cmd_ship(args: argparse.Namespace) -> None:
     from foresight.training.ship import ship
 
     dest = ship(args.run, args.eval)
-    print(f"shipped {args.run}/aid as the embedded model in {dest}")
+    print(f"shipped {args.run}/aid/model as the embedded model in {dest} (base: {dest.name}-svd)")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -189,14 +193,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_arguments(p)
     p.set_defaults(func=run_serve)
 
-    p = sub.add_parser("train", help="train the embedded model's recipe on the tabletop simulator (resumable)")
-    p.add_argument("--out", required=True, help="run folder; rerun the same command to resume")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--episodes", type=int, default=None, help="training episodes (simulator seeds 0..n-1)")
-    p.add_argument("--vae-steps", type=int, default=None)
-    p.add_argument("--base-steps", type=int, default=None)
-    p.add_argument("--aid-steps", type=int, default=None)
+    from foresight.training.config import preset_names
+
+    p = sub.add_parser("train", help="train a stage or a chain of stages from a config file or preset (resumable)")
+    p.add_argument("config", help=f"a TOML/JSON job file or a preset: {', '.join(preset_names())}")
+    p.add_argument("--out", default=None, help="run folder (default: the config's); rerun to resume")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set optim.steps=30 --set model.svd=/models/svd")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("states", help="decompose every instruction of a dataset once with a local VLM (JSON cache)")
+    p.add_argument("episodes", help="episode folder (our format, BridgeData raw, ...)")
+    p.add_argument("--vlm", required=True, help="local image-text-to-text model folder (LLaVA, Qwen-VL, ...)")
+    p.add_argument("--out", required=True, help="JSON cache to write or extend; give it as model.states")
+    p.add_argument("--num-states", type=int, default=4)
+    p.add_argument("--camera", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_states)
 
     p = sub.add_parser("eval", help="instruction following, PSNR/SSIM and video distances on held-out simulator "
                                      "episodes, or PSNR/SSIM/FVD/KVD on recorded ones")
@@ -223,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("ship", help="package a trained run as the embedded 'tiny' model (fp16, model card)")
-    p.add_argument("--run", required=True, help="the folder `foresight train --out` wrote")
+    p.add_argument("--run", required=True, help="the folder `foresight train tiny --out` wrote")
     p.add_argument("--eval", required=True, help="the JSON report of `foresight eval` on that run")
     p.set_defaults(func=cmd_ship)
 

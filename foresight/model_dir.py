@@ -8,9 +8,12 @@ and `knockouts` names AID parts to leave out (see `knocked_out`): the model is b
 and their trained weights are not loaded, the evaluation's knock-outs.
 
 Model folder format:
-    aid_config.json    {"format": 1, "aid": AIDConfig, "svd": "svd" | absolute path,
-                        "text_encoder": "bundled:all-MiniLM-L6-v2" | path | null}
-                       (relative paths are relative to the folder)
+    aid_config.json    {"format": 1, "aid": AIDConfig, "svd": "svd" | path,
+                        "text_encoder": "bundled:all-MiniLM-L6-v2" | path | null,
+                        "states": "template" | path to a `foresight states` JSON | VLM folder}
+                       (relative paths are relative to the folder; "states" absent = template)
+                       Training writes the text encoder and states it used, and
+                       `model_decomposer` gives serving the same states, so the two agree.
     aid.safetensors    adapters.* and dqformer.* (and unet.*attn2* when cross-attention is trained)
     model_card.json    optional: how it was made and how well it does
     svd/               optional: a diffusers-format SVD folder (unet, vae, image_encoder, ...)
@@ -30,6 +33,7 @@ from foresight.config import AdapterConfig, AIDConfig, DQFormerConfig
 from foresight.loading import TinySVDConfig, build_tiny_svd, load_svd
 from foresight.models.aid import AIDModel
 from foresight.models.encoders import TextEncoder, bundled_text_encoder_path
+from foresight.states import StateDecomposer, make_decomposer
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +87,18 @@ def resolve_text_encoder(ref: str, base: Path | None = None) -> Path:
     return path if path.is_absolute() or base is None else base / path
 
 
+def model_decomposer(spec: str, num_states: int) -> StateDecomposer:
+    """The state decomposer a model was trained with ('template' for built-in names and old folders)."""
+    folder = EMBEDDED_DIR if spec == "tiny" else Path(spec)
+    config_file = folder / "aid_config.json"
+    if spec == "tiny-random" or not config_file.is_file():
+        return make_decomposer("template", num_states)
+    ref = json.loads(config_file.read_text()).get("states", "template")
+    if ref != "template" and not Path(ref).is_absolute():
+        ref = str(folder / ref)
+    return make_decomposer(ref, num_states)
+
+
 def build_tiny_random(seed: int = 0, knockouts: Sequence[str] = ()) -> AIDModel:
     """The random tiny model: same code path as the real one, weights from a fixed seed
     (with knock-outs: the same weights, less the parts left out)."""
@@ -129,6 +145,7 @@ def save_model_dir(
     svd: str | None = None,
     text_encoder: str | None = BUNDLED_TEXT_ENCODER,
     card: dict | None = None,
+    states: str = "template",
 ) -> None:
     """Write a model folder. With svd=None the frozen SVD parts are saved into `svd/` as well."""
     path = Path(path)
@@ -136,7 +153,8 @@ def save_model_dir(
     if svd is None:
         model.svd_components().save_pretrained(path / "svd")
         svd = "svd"
-    spec = {"format": FORMAT_VERSION, "aid": model.config.to_dict(), "svd": svd, "text_encoder": text_encoder}
+    spec = {"format": FORMAT_VERSION, "aid": model.config.to_dict(), "svd": svd, "text_encoder": text_encoder,
+            "states": states}
     (path / "aid_config.json").write_text(json.dumps(spec, indent=2))
     model.save_aid_weights(path / "aid.safetensors")
     if card is not None:

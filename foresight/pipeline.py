@@ -19,7 +19,7 @@ from engines.torch_backend import TorchBackend
 from foresight.diffusion.edm import Denoiser, karras_sigmas
 from foresight.diffusion.sampling import TwoScaleGuidance, sample_euler
 from foresight.imaging import fit_frames
-from foresight.model_dir import load_model
+from foresight.model_dir import load_model, model_decomposer
 from foresight.models.aid import AIDModel
 from foresight.states import StateDecomposer, TemplateDecomposer
 
@@ -219,4 +219,5 @@ def load_pipeline(
     model = model.to(device=device, dtype=dtype)
     runner, info = load_backend(model, backend, engines, ort_options=OrtOptions(intra_op_threads=threads),
                                   compile=compile)
-    return ForesightPipeline(model, card, backend=runner, backend_info=info)
+    decomposer = model_decomposer(spec, model.config.num_states)
+    return ForesightPipeline(model, card, decomposer=decomposer, backend=runner, backend_info=info)

@@ -143,3 +143,56 @@ class CachedDecomposer:
         with os.fdopen(fd, "w") as f:
             json.dump(self.entries, f, indent=1, sort_keys=True)
         os.replace(tmp, self.path)
+
+
+class StatesCache:
+    """State descriptions looked up by instruction in a JSON file that `foresight states` wrote.
+
+    Training and serving read it without loading the VLM; an instruction missing from it is an
+    error that says how to add it, never a silent fallback.
+    """
+
+    uses_image = False
+
+    def __init__(self, path: str | Path, num_states: int) -> None:
+        self.path = Path(path)
+        self.entries: dict[str, list[str]] = json.loads(self.path.read_text())
+        wrong = [k for k, v in self.entries.items() if len(v) != num_states]
+        if wrong:
+            raise ValueError(f"{self.path}: {len(wrong)} entries do not have {num_states} states, e.g. {wrong[0]!r}")
+
+    def __call__(self, instruction: str, image: np.ndarray | None = None) -> list[str]:
+        try:
+            return self.entries[instruction]
+        except KeyError:
+            raise KeyError(f"instruction {instruction!r} is not in {self.path}; "
+                           "run `foresight states` over this dataset again") from None
+
+
+def make_decomposer(spec: str, num_states: int) -> StateDecomposer:
+    """'template', a JSON file of `foresight states` answers, or a local VLM folder."""
+    if spec == "template":
+        return TemplateDecomposer(num_states)
+    path = Path(spec)
+    if path.suffix == ".json":
+        return StatesCache(path, num_states)
+    if path.is_dir():
+        return VLMDecomposer(path, num_states)
+    raise ValueError(f"states must be 'template', a .json cache or a VLM folder, got {spec!r}")
+
+
+def build_states_cache(instructions_and_frames, decomposer: StateDecomposer, path: str | Path) -> int:
+    """Decompose each new instruction once (with the first frame it appears with) into `path`.
+
+    Resumable: instructions already in the file are skipped. Returns how many were added.
+    """
+    cache = CachedDecomposer(decomposer, path)
+    known = set(cache.entries)
+    added = 0
+    for instruction, frame in instructions_and_frames:
+        if instruction and instruction not in known:
+            cache.entries[instruction] = decomposer(instruction, frame)
+            cache._write()
+            known.add(instruction)
+            added += 1
+    return added

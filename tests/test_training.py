@@ -56,15 +56,72 @@ def test_condition_dropout_rates():
 
 
 def test_vae_scaling_factor_makes_latents_unit_variance():
-    from foresight.loading import build_tiny_svd
-    from foresight.training.data import ClipDataset, tabletop_episodes
-    from foresight.training.recipe import calibrate_scaling_factor
+    from foresight.training.config import load_jobs
+    from foresight.training.stages import VAEStage
+    from foresight.training.trainer import calibration_clips
 
-    vae = build_tiny_svd(seed=0).vae.eval()
-    data = ClipDataset(tabletop_episodes(range(6), 64, 8, ("push",)), 8, 64, 64)
-    scale = calibrate_scaling_factor(vae, data)
-    assert vae.config.scaling_factor == scale != 0.18215
-    video, _ = data.batch(torch.arange(len(data)))
+    (cfg,) = load_jobs("tiny-vae", ("data.episodes=6", "data.kinds=[\"push\"]"))
+    stage = VAEStage(cfg).eval()
+    video = calibration_clips(cfg, clips=12)
+    scale = stage.calibrate(video)
+    assert stage.vae.config.scaling_factor == scale != 0.18215
     with torch.no_grad():
-        z = vae.encode(video.flatten(0, 1)).latent_dist.mode() * vae.config.scaling_factor
+        z = stage.vae.encode(video.flatten(0, 1)).latent_dist.mode() * scale
     assert abs(z.std().item() - 1.0) < 1e-3
+
+
+def test_clip_stream_is_the_same_for_any_worker_count_and_shards_by_rank():
+    from foresight.states import TemplateDecomposer
+    from foresight.training.data import ClipStream, SimulatorEpisodes, clip_loader
+
+    def batches(workers: int, rank: int = 0, start: int = 0) -> list:
+        stream = ClipStream(SimulatorEpisodes(50, 32, 4, ("push",)), TemplateDecomposer(2), 4, 32, 32, 1, 2, seed=3,
+                            rank=rank, world=2, start_batch=start)
+        it = iter(clip_loader(stream, workers))
+        return [next(it) for _ in range(3)]
+
+    single, pooled = batches(0), batches(2)
+    assert all(torch.equal(a[0], b[0]) and a[1] == b[1] and a[2] == b[2] for a, b in zip(single, pooled))
+    other = batches(0, rank=1)
+    assert not any(torch.equal(a[0], b[0]) for a, b in zip(single, other))
+    resumed = batches(0, start=1)
+    assert torch.equal(resumed[0][0], single[1][0]) and single[0][2][0] == TemplateDecomposer(2)(single[0][1][0])
+
+
+def test_clip_windows_keep_stride_within_the_episode():
+    import numpy as np
+
+    from foresight.training.data import clip_indices
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        idx = clip_indices(30, 8, 3, rng)
+        assert len(idx) == 8 and idx[-1] <= 29 and (np.diff(idx) == 3).all()
+    assert (np.diff(clip_indices(10, 8, 3, rng)) == 1).all()  # too short for stride 3
+    assert clip_indices(5, 8, 2, rng).tolist() == [0, 1, 2, 3, 4, 4, 4, 4]
+
+
+def test_presets_and_overrides():
+    import json
+
+    import pytest
+
+    from foresight.training.config import load_jobs, preset_names
+
+    assert {"tiny", "tiny-vae", "tiny-base", "tiny-aid", "svd-bridge", "svd-ssv2"} <= set(preset_names())
+    chain = load_jobs("tiny", out="runs/x")
+    assert [j.stage for j in chain] == ["vae", "base", "aid"] and chain[2].out == "runs/x/aid"
+    assert chain[2].path(chain[2].model.svd).parts[-3:] == ("x", "base", "svd")
+    bridge, ssv2 = load_jobs("svd-bridge")[0], load_jobs("svd-ssv2")[0]
+    assert (bridge.model.aid.num_frames, bridge.model.aid.context_frames, bridge.model.aid.height) == (16, 1, 256)
+    assert (ssv2.model.aid.num_frames, ssv2.model.aid.context_frames, ssv2.model.aid.height) == (12, 2, 256)
+    assert not bridge.model.aid.train_cross_attention and chain[2].model.aid.train_cross_attention
+    (job,) = load_jobs("tiny-aid", ("optim.steps=7", "model.svd=/m/svd", "mixed_precision=bf16"))
+    assert (job.optim.steps, job.model.svd, job.mixed_precision, job.optim.batch) == (7, "/m/svd", "bf16", 8)
+    with pytest.raises(ValueError, match="stepz"):
+        load_jobs("tiny-aid", ("optim.stepz=7",))
+    with pytest.raises(ValueError, match="'fp8'"):
+        load_jobs("tiny-aid", ("mixed_precision=fp8",))
+    with pytest.raises(FileNotFoundError, match="no-such"):
+        load_jobs("no-such")
+    assert json.loads(json.dumps(job.to_dict()))["optim"]["steps"] == 7

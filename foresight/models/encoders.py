@@ -21,21 +21,30 @@ def bundled_text_encoder_path() -> Path:
 class TextEncoder(nn.Module):
     """Token features and mask for sentences, padded to a fixed length, cached by sentence.
 
-    Works with a CLIP text model (real setup) or a BERT-style sentence encoder (embedded model):
+    A CLIP folder (real setup: `CLIPTextModel` + `CLIPTokenizer`, the text tower of a full CLIP
+    folder included) or any BERT-style sentence encoder (embedded model: MiniLM) via AutoModel;
     both give `last_hidden_state`. Padding to `max_length` keeps every downstream shape static.
+    The cache holds features on the CPU in float32 and hands them out on the model's device and
+    dtype, so moving or casting the module never leaves stale entries.
     """
 
     def __init__(self, path: str | Path, max_length: int, cache_size: int = 4096) -> None:
         super().__init__()
-        from transformers import AutoModel, AutoTokenizer
+        import json
+
+        from transformers import AutoModel, AutoTokenizer, CLIPTextModel, CLIPTokenizer
 
         path = Path(path)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"text encoder folder {path} has no config.json")
         self.path = str(path)
-        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model = AutoModel.from_pretrained(path, local_files_only=True)
-        self.model = getattr(model, "text_model", None) or model
+        kind = json.loads((path / "config.json").read_text()).get("model_type")
+        if kind in ("clip", "clip_text_model"):
+            self.tokenizer = CLIPTokenizer.from_pretrained(path, local_files_only=True)
+            self.model = CLIPTextModel.from_pretrained(path, local_files_only=True)
+        else:
+            self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            self.model = AutoModel.from_pretrained(path, local_files_only=True)
         self.model.requires_grad_(False).eval()
         self.max_length = max_length
         self.width = self.model.config.hidden_size
@@ -52,14 +61,15 @@ class TextEncoder(nn.Module):
                 missing, padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
             ).to(self.device)
             out = self.model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
-            found |= {s: (out[i], tokens.attention_mask[i].bool()) for i, s in enumerate(missing)}
+            found |= {s: (out[i].float().cpu(), tokens.attention_mask[i].bool().cpu()) for i, s in enumerate(missing)}
         for s in sentences:  # least recently used sentences leave the cache first
             self._cache[s] = found[s]
             self._cache.move_to_end(s)
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         feats, masks = zip(*(found[s] for s in sentences))
-        return torch.stack(feats), torch.stack(masks)
+        param = next(self.model.parameters())
+        return torch.stack(feats).to(param.device, param.dtype), torch.stack(masks).to(param.device)
 
     @property
     def device(self) -> torch.device:
@@ -67,10 +77,6 @@ class TextEncoder(nn.Module):
 
     def clear_cache(self) -> None:
         self._cache.clear()
-
-    def _apply(self, fn, recurse=True):
-        self._cache.clear()
-        return super()._apply(fn, recurse)
 
 
 class VisionEncoder(nn.Module):
@@ -90,7 +96,9 @@ class VisionEncoder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """images (B, 3, H, W) in [-1, 1] -> (patch features (B, Lv, Dv), image token (B, 1, D))."""
-        x = F.interpolate(images, size=(self.size, self.size), mode="bicubic", align_corners=False, antialias=True)
+        # antialiased bicubic has no half-precision CPU kernel; resize in float32 and cast after
+        x = F.interpolate(images.float(), size=(self.size, self.size), mode="bicubic", align_corners=False,
+                          antialias=True)
         x = ((x + 1) / 2).clamp(0, 1)
         x = (x - self.mean) / self.std
         out = self.encoder(pixel_values=x.to(self.encoder.dtype))

@@ -1,0 +1,154 @@
+"""What each training stage trains, its loss, and what it writes: one nn.Module per stage.
+
+- vae:  the tiny recipe's AutoencoderKLTemporalDecoder (L1 + L2 + a tiny KL); writes `vae/`.
+- base: the text-free image-to-video prior (UNet + image encoder), SVD's conditioning; writes `svd/`.
+- aid:  the frozen SVD with adapters + DQFormer (+ cross-attention where configured); writes
+        `model/`, an AID model folder that references the SVD folder instead of copying it.
+
+A stage's `forward(video, instructions, states, generator)` returns the loss, so the trainer
+wraps it in DDP as it is. Its parameters with `requires_grad` are exactly what trains and what a
+checkpoint holds; everything else is frozen.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from foresight.loading import SVDComponents, build_tiny_svd, load_svd
+from foresight.model_dir import resolve_text_encoder, save_model_dir
+from foresight.models.aid import AIDModel
+from foresight.models.encoders import TextEncoder
+from foresight.training.config import TrainConfig
+from foresight.training.loss import DropoutConfig, aid_loss
+
+logger = logging.getLogger(__name__)
+
+
+def base_svd(cfg: TrainConfig) -> SVDComponents:
+    """The SVD the stage starts from: a folder, or the tiny one built from config (seeded)."""
+    svd = load_svd(cfg.path(cfg.model.svd)) if cfg.model.svd else build_tiny_svd(cfg.model.tiny_svd, seed=cfg.seed)
+    if cfg.model.vae:
+        from diffusers import AutoencoderKLTemporalDecoder
+
+        svd.vae = AutoencoderKLTemporalDecoder.from_pretrained(cfg.path(cfg.model.vae), local_files_only=True)
+    return svd
+
+
+def _dropout(cfg: TrainConfig) -> DropoutConfig:
+    loss = cfg.loss
+    return DropoutConfig(text=loss.dropout_text, frames=loss.dropout_frames, both=loss.dropout_both)
+
+
+class VAEStage(nn.Module):
+    """Reconstruction of single frames, decoded as clips by the temporal decoder."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        super().__init__()
+        self.vae = base_svd(cfg).vae.requires_grad_(True).train()
+        self.num_frames = cfg.model.aid.num_frames
+
+    def forward(self, video: torch.Tensor, instructions: Sequence[str], states: Sequence[Sequence[str]],
+                generator: torch.Generator) -> torch.Tensor:
+        x = video.flatten(0, 1).to(self.vae.device)
+        posterior = self.vae.encode(x).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator).to(x)
+        recon = self.vae.decode(z, num_frames=self.num_frames).sample
+        return (recon - x).abs().mean() + ((recon - x) ** 2).mean() + 1e-6 * posterior.kl().mean()
+
+    def enable_gradient_checkpointing(self) -> None:
+        self.vae.enable_gradient_checkpointing()
+
+    @torch.no_grad()
+    def calibrate(self, video: torch.Tensor) -> float:
+        """Set scaling_factor to 1 / std of the latents of `video` (B, N, 3, H, W).
+
+        SVD's EDM preconditioning assumes unit-variance latents (sigma_data = 1), as Stable
+        Diffusion chose 0.18215 for its VAE. Keeping 0.18215 on the tiny VAE left latents with
+        std 0.22: most training noise levels then hid the frames completely.
+        """
+        frames = video.flatten(0, 1).to(self.vae.device, self.vae.dtype)
+        z = torch.cat([self.vae.encode(chunk).latent_dist.mode() for chunk in frames.split(32)])
+        scale = 1.0 / z.float().std().item()
+        self.vae.register_to_config(scaling_factor=scale)
+        logger.info("vae: scaling_factor set to %.4f", scale)
+        return scale
+
+    def write_output(self, cfg: TrainConfig, folder: Path) -> Path:
+        self.vae.save_pretrained(folder / "vae")
+        return folder / "vae"
+
+
+class BaseStage(nn.Module):
+    """The text-free base: SVD's single image token as context, UNet and image encoder train."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        super().__init__()
+        base_cfg = replace(cfg.model.aid, adapters=None, dqformer=None, train_cross_attention=False)
+        self.model = AIDModel(base_svd(cfg), None, base_cfg)
+        self.model.unet.unet.requires_grad_(True).train()
+        self.model.vision.encoder.requires_grad_(True).train()
+        self.loss, self.dropout = cfg.loss, DropoutConfig(text=0.0, frames=cfg.loss.dropout_frames, both=0.0)
+
+    def forward(self, video: torch.Tensor, instructions: Sequence[str], states: Sequence[Sequence[str]],
+                generator: torch.Generator) -> torch.Tensor:
+        return aid_loss(self.model, video, instructions, [[]] * len(instructions), self.dropout, generator,
+                        p_mean=self.loss.p_mean, p_std=self.loss.p_std, motion_weight=self.loss.motion_weight)
+
+    def enable_gradient_checkpointing(self) -> None:
+        self.model.unet.unet.enable_gradient_checkpointing()
+
+    def write_output(self, cfg: TrainConfig, folder: Path) -> Path:
+        self.model.svd_components().save_pretrained(folder / "svd")
+        return folder / "svd"
+
+
+class AIDStage(nn.Module):
+    """AID on a frozen SVD: adapters + DQFormer (+ spatial cross-attention when configured)."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        super().__init__()
+        if not cfg.model.svd:
+            raise ValueError("the aid stage needs model.svd, a diffusers SVD folder (the base it adapts)")
+        aid = cfg.model.aid
+        text = TextEncoder(resolve_text_encoder(cfg.model.text_encoder), aid.text_max_length)
+        torch.manual_seed(cfg.seed)
+        self.model = AIDModel(base_svd(cfg), text, aid)
+        self.loss, self.dropout = cfg.loss, _dropout(cfg)
+        self.train()
+
+    def train(self, mode: bool = True) -> AIDStage:
+        """Only what trains changes mode; the frozen encoders and backbone stay in eval (no dropout)."""
+        super().train(mode)
+        for frozen in (self.model.unet.unet, self.model.vae, self.model.vision, self.model.text):
+            frozen.eval()
+        return self
+
+    def forward(self, video: torch.Tensor, instructions: Sequence[str], states: Sequence[Sequence[str]],
+                generator: torch.Generator) -> torch.Tensor:
+        return aid_loss(self.model, video, instructions, states, self.dropout, generator,
+                        p_mean=self.loss.p_mean, p_std=self.loss.p_std, motion_weight=self.loss.motion_weight)
+
+    def enable_gradient_checkpointing(self) -> None:
+        self.model.unet.unet.enable_gradient_checkpointing()
+
+    def write_output(self, cfg: TrainConfig, folder: Path) -> Path:
+        text_encoder = cfg.model.text_encoder
+        if not text_encoder.startswith("bundled:"):
+            text_encoder = str(cfg.path(text_encoder))
+        states = cfg.model.states if cfg.model.states == "template" else str(cfg.path(cfg.model.states))
+        save_model_dir(self.model, folder / "model", svd=str(cfg.path(cfg.model.svd)), text_encoder=text_encoder,
+                       states=states)
+        return folder / "model"
+
+
+STAGE_MODULES = {"vae": VAEStage, "base": BaseStage, "aid": AIDStage}
+
+
+def build_stage(cfg: TrainConfig) -> VAEStage | BaseStage | AIDStage:
+    return STAGE_MODULES[cfg.stage](cfg)
