@@ -20,6 +20,7 @@ from typing import Iterator
 from bench import backends, diffusers_svd, fleet, node, report, scaling, training
 from bench.core import IDLE_CORES, OtherLoad, Plan, machine_info, set_threads
 from bench.models import ModelSource, default_model
+from foresight.logs import setup_logging
 from foresight.node.process import running_node
 from foresight.pipeline import ForesightPipeline
 
@@ -100,7 +101,7 @@ def run(spec: str, plan: Plan, threads: int, device: str, out: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(args.verbose)
     for noisy in ("transformers", "diffusers", "export", "engines", "foresight"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if args.fleet:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from foresight.logs import setup_logging
 from foresight.node.client import ForesightClient
 from foresight.node.protocol import NodeError
 
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--quick", action="store_true", help="4 clients, 16 requests, 2 steps")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     clients, requests, steps = (4, 16, 2) if args.quick else (args.clients, args.requests, args.steps)
     rows = run([1, 2], clients, requests, steps)
     print(markdown(rows))

@@ -9,7 +9,7 @@ outside the standard library, and every stage runs in its own process with its o
 why and the next one runs; a stage whose input is missing is skipped, saying which. On a machine
 without an NVIDIA GPU it says so and exits 0 at once. Stages (STAGES):
 
-  venv       its own venv (gpu_check/venv): pip install -e .[gpu,dev] (CUDA torch, onnxruntime-gpu, TensorRT)
+  venv       its own venv (gpu_check/venv): pip install -e .[model,sim,gpu,dev] (CUDA torch, onnxruntime-gpu, TensorRT)
   tests      the GPU-marked tests (pytest -m "gpu or tensorrt")
   engines    fp16 TensorRT engines of the embedded model; each graph checked against PyTorch and
              ONNX Runtime, and one request against the PyTorch fp32 pipeline
@@ -228,7 +228,7 @@ def stage_venv(workdir: Path, torch_index: str | None) -> dict:
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pip = [str(venv_python(workdir)), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
     index = ["--extra-index-url", torch_index] if torch_index else []
-    subprocess.run([*pip, *index, "-e", f"{REPO}[gpu,dev]"], check=True)
+    subprocess.run([*pip, *index, "-e", f"{REPO}[model,sim,gpu,dev]"], check=True)
     probe = ("import json, torch, onnxruntime, tensorrt; print(json.dumps({'torch': torch.__version__, "
              "'cuda': torch.cuda.is_available(), 'onnxruntime': onnxruntime.__version__, "
              "'providers': onnxruntime.get_available_providers(), 'tensorrt': tensorrt.__version__}))")

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from bench.core import Plan
+from foresight.logs import setup_logging
 from foresight.training.config import load_jobs
 from foresight.training.stages import AIDStage
 from foresight.training.trainer import DTYPES, cast_frozen
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help=f"comma-separated subset of {list(SETTINGS)}")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     settings = tuple(args.settings.split(","))
     unknown = set(settings) - set(SETTINGS)
     if unknown or "fp32 eager" not in settings:

@@ -58,6 +58,7 @@ from export.onnx_export import (
 )
 from export.tensorrt_build import Profile, build_engine
 from export.validate import compare
+from foresight.logs import setup_logging
 
 logger = logging.getLogger("export")
 
@@ -362,7 +363,7 @@ def main(argv: list[str] | None = None) -> dict:
                              "fused MultiHeadAttention (default: fused unless TensorRT engines are built)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(args.verbose)
     precision = args.precision or ("fp16" if torch.cuda.is_available() else "fp32")
     config = BuildConfig(
         model=args.model, out=args.out, adapters=args.adapters, precision=precision, frames=args.frames,

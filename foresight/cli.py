@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from foresight.logs import setup_logging
+
 logger = logging.getLogger("foresight")
 
 
@@ -55,14 +57,22 @@ def _gib(n: int) -> str:
 
 
 def cmd_params(args: argparse.Namespace) -> None:
-    from foresight.params import DTYPES, architecture, count_real_config, request_memory, training_memory
+    from foresight.params import (
+        DECODE_CHUNK_SIZE,
+        DTYPES,
+        architecture,
+        count_real_config,
+        request_memory,
+        training_memory,
+    )
 
     if args.memory or args.train:
         arch = architecture(args.model, args.height, args.width, args.num_frames)
         cfg = arch.config
         size = f"{cfg.height}x{cfg.width}x{cfg.num_frames}"
         batches = [int(b) for b in args.batch.split(",")] if args.memory else []
-        reports = [request_memory(arch, b, DTYPES[args.dtype], args.decode_chunk) for b in batches]
+        chunk = DECODE_CHUNK_SIZE if args.decode_chunk is None else args.decode_chunk or None
+        reports = [request_memory(arch, b, DTYPES[args.dtype], chunk) for b in batches]
         rows = [training_memory(arch, b, ckpt) for ckpt in (False, True) for b in (1, 2)] if args.train else []
         if args.json:
             print(json.dumps({"memory": reports, "train": rows}, indent=2))
@@ -121,7 +131,14 @@ def cmd_states(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from foresight.evaluation import RECORDED_VARIANTS, VARIANTS, format_table, run_eval, run_eval_recorded, write_report
+    from foresight.evaluation import (
+        RECORDED_VARIANTS,
+        VARIANTS,
+        format_table,
+        run_eval,
+        run_eval_recorded,
+        write_report,
+    )
 
     sampler = {"steps": args.steps, "i3d": args.i3d, "guidance_interval": None if args.guide_every_step else "config",
                "guidance_frame": args.guidance_frame, "guidance_text": args.guidance_text, "figure": args.figure}
@@ -252,7 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", default="1,4,16", help="instructions per request (M), comma-separated (--memory)")
     p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="bf16", help="weights and activations (--memory)")
     p.add_argument("--decode-chunk", type=int, default=None,
-                   help="frames per VAE decode call (--memory; default: all M x (N+2) at once)")
+                   help="frames per VAE decode call in whole clips, as the pipeline's decode_chunk_size "
+                        "(--memory; default: the pipeline's; 0: all M clips at once)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_params)
     return parser
@@ -260,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(args.verbose)
     args.func(args)
 
 

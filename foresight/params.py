@@ -27,6 +27,7 @@ from foresight.config import AIDConfig
 from foresight.models.adapters import AIDAdapters
 from foresight.models.dqformer import DQFormer
 from foresight.models.unet import AdaptedUNet
+from foresight.pipeline import DECODE_CHUNK_SIZE
 
 # stabilityai/stable-video-diffusion-img2vid: vae/config.json and image_encoder/config.json (the UNet's
 # is diffusers' default); the text encoder is OpenCLIP ViT-H/14's text tower as Stable Diffusion 2
@@ -137,7 +138,7 @@ def build_modules(arch: Architecture, frozen_dtype: torch.dtype, trainable_dtype
         image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**arch.image_encoder))
         text = _text_model(arch.text_encoder)
     with _default_dtype(trainable_dtype):
-        adapted = AdaptedUNet(unet, arch.config.adapters)
+        adapted = AdaptedUNet(unet, arch.config.adapters, dtype=trainable_dtype)
         dq = arch.config.dqformer
         dqformer = None if dq is None else DQFormer(dq, arch.config.num_frames)
     return Modules(adapted, vae, image_encoder, text, dqformer)
@@ -211,14 +212,15 @@ def context_tokens(config: AIDConfig) -> int:
 
 
 def request_memory(arch: Architecture, batch: int, dtype: torch.dtype,
-                   decode_chunk: int | None = None) -> dict:
+                   decode_chunk: int | None = DECODE_CHUNK_SIZE) -> dict:
     """Weights and activation peaks of one predict request: `batch` instructions (M), the three
     guidance branches batched (3M clips), N frames at the config's size, weights in `dtype`.
 
     Stages run one after another, so the request's peak is the weights plus the largest stage;
     each stage counts its inputs and what the request holds meanwhile (conditions, sampler
-    state in float32, decoded frames). decode_chunk: frames per VAE decode call (None: all
-    M x (N+2) at once, as `AIDModel.vae_decode` does without chunking).
+    state in float32, decoded frames). decode_chunk: the pipeline's `decode_chunk_size`, frames
+    per VAE decode call counting each clip's two repeated end latents, in whole clips and at least
+    one (None: all M clips at once).
     """
     cfg = arch.config
     if batch < 1:
@@ -235,7 +237,8 @@ def request_memory(arch: Architecture, batch: int, dtype: torch.dtype,
         width = mods.unet.config.cross_attention_dim
         tokens = context_tokens(cfg)
         decoded = m * (n + 2)  # AIDModel.vae_decode repeats the first and last latent
-        chunk = decoded if decode_chunk is None else min(decode_chunk, decoded)
+        clips_per_call = m if decode_chunk is None else min(m, max(1, decode_chunk // (n + 2)))
+        chunk = clips_per_call * (n + 2)
         size = mods.image_encoder.config.image_size
 
         def text() -> None:
@@ -264,7 +267,7 @@ def request_memory(arch: Architecture, batch: int, dtype: torch.dtype,
 
         def decode() -> None:
             frames = torch.empty(decoded, 3, cfg.height, cfg.width, dtype=dtype)  # the request's output
-            mods.vae.decode(torch.zeros(chunk, 4, h, w, dtype=dtype), num_frames=n + 2 if decode_chunk is None else chunk)
+            mods.vae.decode(torch.zeros(chunk, 4, h, w, dtype=dtype), num_frames=n + 2)
             del frames
 
         stages = {}

@@ -41,6 +41,7 @@ import numpy as np
 from tqdm import tqdm
 
 from foresight.imaging import contact_sheet, fit_frames, write_gif, write_png
+from foresight.logs import setup_logging
 from foresight.node.client import DEFAULT_ENDPOINT, ForesightClient
 from sim_bridge.atomic_files import atomic_path, write_json
 from sim_bridge.instructions import unambiguous_instruction as instruction
@@ -348,7 +349,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: node's)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     config = PlannerConfig(max_candidates=args.candidates, budget=args.budget, steps=args.steps)
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     with ForesightClient(args.endpoint, timeout_s=args.timeout) as client:

@@ -50,7 +50,15 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from foresight.imaging import contact_sheet, fit_frames, fit_point, read_image, write_gif, write_png
+from foresight.imaging import (
+    contact_sheet,
+    fit_frames,
+    fit_point,
+    read_image,
+    write_gif,
+    write_png,
+)
+from foresight.logs import setup_logging
 from foresight.metrics import psnr, ssim
 from foresight.node.client import DEFAULT_ENDPOINT, ForesightClient
 from sim_bridge.atomic_files import atomic_path, write_csv, write_json
@@ -370,7 +378,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     config = ReplayConfig(stride=args.stride, steps=args.steps, camera=args.camera, seed=args.seed)
     total = len(find_episodes(args.episodes))
     with ForesightClient(args.endpoint, timeout_s=args.timeout) as client:

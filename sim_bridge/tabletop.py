@@ -31,6 +31,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from foresight.logs import setup_logging
 from sim_bridge.episode import Episode
 from sim_bridge.instructions import instruction_for
 from sim_bridge.tasks import TASK_KINDS
@@ -606,7 +607,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="one folder per episode (resumable), or one LeRobot v3 dataset")
     parser.add_argument("--fps", type=int, default=5, help="frame rate stored in a LeRobot dataset")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     start, kinds, skipped = time.perf_counter(), Counter(), 0
     seeds = tqdm(range(args.seed, args.seed + args.n), desc="episodes", unit="ep")
     if args.format == "lerobot":

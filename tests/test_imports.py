@@ -1,9 +1,10 @@
 """Imports between packages point one way; the client side and the simulator load no model stack.
 
-Units: `engines`, `export`, `sim_bridge`, the model package `foresight`, and three light parts of
+Units: `engines`, `export`, `sim_bridge`, the model package `foresight`, and four light parts of
 it that others may use without it: the node's client side (`foresight.node` client, wire,
-protocol, process), the frame helpers (`foresight.imaging`) and the clip metrics
-(`foresight.metrics`). Every import counts, including ones inside functions.
+protocol, process), the frame helpers (`foresight.imaging`), the clip metrics
+(`foresight.metrics`) and the logging set-up (`foresight.logs`). Every import counts, including
+ones inside functions.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("foresight", "engines", "export", "sim_bridge")
 CLIENT_SIDE = {"foresight.node", "foresight.node.client", "foresight.node.wire",
                "foresight.node.protocol", "foresight.node.process"}
-LIGHT = {"foresight.imaging", "foresight.metrics"}
+LIGHT = {"foresight.imaging", "foresight.metrics", "foresight.logs"}
 HEAVY = ("torch", "diffusers", "transformers", "accelerate", "onnxruntime", "tensorrt")
 
 

@@ -20,12 +20,19 @@ class AdaptedUNet(nn.Module):
     state-dict keys and weights stay untouched. The adapters follow the UNet's dtype and device.
     """
 
-    def __init__(self, unet: UNetSpatioTemporalConditionModel, adapters: AdapterConfig | None) -> None:
+    def __init__(
+        self, unet: UNetSpatioTemporalConditionModel, adapters: AdapterConfig | None, dtype: torch.dtype | None = None
+    ) -> None:
+        """dtype: the adapters' own, by default the UNet's (a memory estimate of training keeps them float32
+        beside a half-precision UNet); they are moved only where they differ, so fake tensors stay put."""
         super().__init__()
         self.unet = unet
         self.adapters = None
         if adapters is not None:
-            self.adapters = AIDAdapters(unet, adapters).to(device=unet.device, dtype=unet.dtype)
+            self.adapters = AIDAdapters(unet, adapters)
+            target = (unet.device, dtype or unet.dtype)
+            if any((p.device, p.dtype) != target for p in self.adapters.parameters()):
+                self.adapters.to(*target)
             self.adapters.attach(unet)
 
     @property

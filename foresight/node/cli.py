@@ -11,7 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
-from foresight.node.server import DEFAULT_BIND, DEFAULT_MAX_MESSAGE_BYTES, ServerConfig, curve_keys, serve
+from foresight.logs import setup_logging
+from foresight.node.server import (
+    DEFAULT_BIND,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    ServerConfig,
+    curve_keys,
+    serve,
+)
 from foresight.node.worker import DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUE, Predictor
 
 log = logging.getLogger(__name__)
@@ -52,7 +59,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     """Entry point of `foresight serve`: load the model, serve until a signal, exit 0 (SystemExit 2 on a bad setup)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     config = ServerConfig(
         bind=args.bind,
         max_message_bytes=int(args.max_message_mb * 2**20),
@@ -126,7 +133,9 @@ def load_options(args: argparse.Namespace) -> dict:
 
 def load_predictor(args: argparse.Namespace) -> Predictor:
     """Load the model; with --compile, run one prediction so compilation is over before the first request."""
-    from foresight.pipeline import load_pipeline  # the model is only needed by the serving process
+    from foresight.pipeline import (
+        load_pipeline,  # the model is only needed by the serving process
+    )
 
     predictor = load_pipeline(args.model, **load_options(args))
     if args.compile:
