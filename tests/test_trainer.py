@@ -186,3 +186,17 @@ def test_gradient_checkpointing_gives_the_same_gradients(svd_folder, tmp_path):
         grads.append({k: p.grad for k, p in stage.named_parameters() if p.requires_grad})
     plain, recomputed = grads
     assert all(recomputed[k] is not None and torch.allclose(plain[k], recomputed[k], atol=1e-6) for k in plain)
+
+
+def test_lerobot_dataset_from_the_simulator_trains_through_the_data_path(tmp_path, svd_folder):
+    """Issue 24: a LeRobot v3 dataset written by `python -m sim_bridge.tabletop --format lerobot`
+    feeds the trainer through the same episode readers as every other format."""
+    from sim_bridge.tabletop import main as simulate
+
+    dataset = tmp_path / "lerobot"
+    simulate(["--n", "3", "--seed", "0", "--size", "64", "--frames", "10", "--out", str(dataset),
+              "--format", "lerobot"])
+    out = run(job(tmp_path, svd_folder, "lerobot", data={"source": str(dataset)}))
+    logged = json.loads((tmp_path / "lerobot" / "stats.json").read_text())
+    assert logged["steps"] == 4 and np.isfinite(logged["final_loss"])
+    assert load_file(str(out / "aid.safetensors")).keys() == load_model_dir(out)[0].aid_state_dict().keys()
