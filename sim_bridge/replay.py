@@ -12,6 +12,11 @@ episodes made for the node have exactly N frames: one step at t = K-1. Instructi
 scored where object positions are known (our simulator episodes): the target is found by colour
 in the last compared predicted frame and measured against its recorded position then.
 
+The loop is `runtime.run_episode`, as in the planner: `EpisodeEnvironment` (a recorded episode
+from any reader in `sim_bridge.readers`; one observation per decision step), `NodeAgent` (the
+node predicts) and `ReplayRecorder` (the one subscriber: scores against the recorded future and
+writes the run folder). A user's own agent replays through the same environment and recorder.
+
 Output folder (resumable: rerun the same command after an interruption):
 
     replay_config.json            settings and node geometry; a rerun must match them
@@ -63,6 +68,7 @@ from foresight.metrics import psnr, ssim
 from foresight.node.client import DEFAULT_ENDPOINT, ForesightClient
 from sim_bridge.atomic_files import atomic_path, write_csv, write_json
 from sim_bridge.episode import Episode
+from sim_bridge.runtime import run_episode
 from sim_bridge.scoring import accepted_tracks, follow_error, follow_tolerance
 
 log = logging.getLogger("sim_bridge.replay")  # the same name when run with -m
@@ -157,11 +163,13 @@ def decision_steps(length: int, geometry: NodeGeometry,
     return [(t, horizon) for t in range(k - 1, length - horizon, stride)]
 
 
-def score_step(pred: np.ndarray, episode: Episode, t: int, compared: int) -> dict:
-    """PSNR/SSIM of the first `compared` predicted frames against the recorded ones, and the
-    target's position error in the last of them where the episode knows where objects are."""
+def score_step(pred: np.ndarray, future: np.ndarray, episode: Episode, t: int) -> dict:
+    """PSNR/SSIM of the first len(`future`) predicted frames against `future`, the frames
+    `episode` recorded after t, and the target's position error in the last of them where the
+    episode knows where objects are."""
     h, w = pred.shape[1:3]
-    truth = fit_frames(episode.frames[t + 1: t + 1 + compared], h, w)
+    compared = len(future)
+    truth = fit_frames(future, h, w)
     scores: dict[str, Any] = {"psnr": psnr(pred[:compared], truth),
                               "ssim": ssim(pred[:compared], truth),
                               "follow_error_px": None, "followed": None}
@@ -182,143 +190,146 @@ def mean_or_none(values: Iterable[float | None]) -> float | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# The run
+# The loop: `runtime.run_episode` with a recorded episode as the environment, the node as the
+# agent and one subscriber that scores and stores
 
-class Replay:
-    """One replay run folder: runs missing steps, keeps finished ones, writes media and tables."""
+class EpisodeEnvironment:
+    """A recorded episode as a runtime Environment. Each observation is one decision step: the
+    K context frames ending at t, the instruction, and the recorded future the prediction is
+    scored against. A prediction cannot change what was recorded, so applying an action only
+    moves on. `steps` are the (t, frames compared) still to run: a resumed run leaves out the
+    ones it finished before."""
 
-    def __init__(self, client: ForesightClient, out_dir: str | os.PathLike,
-                 config: ReplayConfig = ReplayConfig()) -> None:
-        self.client = client
-        self.out = Path(out_dir)
-        self.config = config
-        self.geometry = NodeGeometry.from_info(client.info())
-        self._check_config()
+    def __init__(self, episode: Episode, steps: list[tuple[int, int]],
+                 context_frames: int) -> None:
+        self.episode, self.steps, self.context_frames = episode, steps, context_frames
 
-    def _check_config(self) -> None:
-        """A run folder belongs to one set of settings: resuming with others would mix results."""
-        current = {"config": dataclasses.asdict(self.config),
-                   "node": dataclasses.asdict(self.geometry)}
-        path = self.out / CONFIG_FILE
-        if path.is_file():
-            stored = json.loads(path.read_text())
-            if stored != current:
-                raise ValueError(f"{self.out} holds a replay with other settings ({stored}); "
-                                 f"now {current}. Use another --out folder.")
-            log.info("resuming the replay in %s", self.out)
-        else:
-            write_json(path, current)
+    def reset(self) -> None:
+        self.index = 0
 
-    def run(self, episodes: Iterable[tuple[str, Episode]], total: int | None = None) -> dict:
-        """Replay every episode not yet done; returns the summary (also written to disk)."""
-        records = []
-        names: dict[str, str] = {}
-        bar = tqdm(episodes, total=total, desc="replay", unit="ep")
-        for episode_id, episode in bar:
-            name = safe_name(episode_id)
-            if names.setdefault(name, episode_id) != episode_id:
-                raise ValueError(f"episode ids {names[name]!r} and {episode_id!r} share the "
-                                 f"file name {name!r}")
-            done = self.out / "episodes" / f"{name}.json"
-            if done.is_file():
-                records.append(json.loads(done.read_text()))
-                continue
-            bar.set_postfix_str(episode_id[-40:])
-            records.append(self.replay_episode(episode_id, name, episode))
-        return self.write_summary(records)
+    def is_episode_complete(self) -> bool:
+        return self.index >= len(self.steps)
 
-    def replay_episode(self, episode_id: str, name: str, episode: Episode) -> dict:
-        steps = decision_steps(len(episode.frames), self.geometry, self.config.stride)
-        record: dict[str, Any] = {"episode": episode_id, "instruction": episode.instruction,
-                                  "num_frames": len(episode.frames),
-                                  "source": episode.meta.get("source"),
-                                  "decision_steps": len(steps), "skipped": None}
-        if not episode.instruction:
-            record["skipped"] = "no instruction"
-        elif not steps:
-            record["skipped"] = f"{len(episode.frames)} frames: no future after K context frames"
-        if record["skipped"]:
-            log.warning("%s skipped: %s", episode_id, record["skipped"])
-            write_json(self.out / "episodes" / f"{name}.json", record)
-            return record
-        results = [self._step(episode_id, name, episode, t, n) for t, n in steps]
-        media = self.write_media(name, episode, steps, [pred for pred, _ in results])
-        step_records = [r for _, r in results]
-        record |= {"psnr": mean_or_none(r["psnr"] for r in step_records),
-                   "ssim": mean_or_none(r["ssim"] for r in step_records),
-                   "follow_rate": mean_or_none(r["followed"] for r in step_records),
-                   "follow_error_px": mean_or_none(r["follow_error_px"] for r in step_records),
-                   "steps": step_records, "media": media}
-        write_json(self.out / "episodes" / f"{name}.json", record)  # last: the episode is done
-        return record
+    def get_observation(self) -> dict:
+        t, compared = self.steps[self.index]
+        frames = self.episode.frames
+        return {"context": frames[t - self.context_frames + 1: t + 1],
+                "instruction": self.episode.instruction, "t": t, "frames_compared": compared,
+                "future": frames[t + 1: t + 1 + compared]}
 
-    def _step(self, episode_id: str, name: str, episode: Episode, t: int,
-              compared: int) -> tuple[np.ndarray, dict]:
-        """One decision step, or its stored result when an earlier run finished it."""
-        folder = self.out / "steps" / name
-        png, done = folder / f"t{t:05d}.png", folder / f"t{t:05d}.json"
-        if done.is_file() and png.is_file():
-            strip = read_image(png)
-            pred = np.stack(np.split(strip, self.geometry.horizon, axis=1))
-            return pred, json.loads(done.read_text())
-        k = self.geometry.context_frames
+    def apply_action(self, action: dict) -> None:
+        self.index += 1
+
+
+class NodeAgent:
+    """The node behind `client` as a runtime Agent: its action is the predicted future."""
+
+    def __init__(self, client: ForesightClient, config: ReplayConfig) -> None:
+        self.client, self.config = client, config
+
+    def get_action(self, observation: dict) -> dict:
         start = time.perf_counter()
-        pred = self.client.predict(episode.frames[t - k + 1: t + 1], episode.instruction,
-                                   steps=self.config.steps, seed=self.config.seed)
-        latency = time.perf_counter() - start
-        record = {"episode": episode_id, "t": t, "frames_compared": compared,
-                  "instruction": episode.instruction, "latency_s": latency,
-                  **score_step(pred, episode, t, compared)}
+        prediction = self.client.predict(observation["context"], observation["instruction"],
+                                         steps=self.config.steps, seed=self.config.seed)
+        return {"prediction": prediction, "latency_s": time.perf_counter() - start}
+
+
+class ReplayRecorder:
+    """A runtime Subscriber for one episode of a run folder: scores each prediction against the
+    recorded future and stores the step (prediction PNG first, metrics JSON last: the mark that
+    it is done); at the episode's end writes its media, then its record (episodes/<name>.json,
+    the mark that the episode is done). Steps an earlier run finished are loaded, not redone:
+    `pending` is what is left. `record` says why the episode is skipped, if it is."""
+
+    def __init__(self, out: Path, episode_id: str, episode: Episode, geometry: NodeGeometry,
+                 config: ReplayConfig) -> None:
+        self.out, self.episode_id, self.episode = out, episode_id, episode
+        self.geometry, self.config = geometry, config
+        self.name = safe_name(episode_id)
+        self.steps = decision_steps(len(episode.frames), geometry, config.stride)
+        self.record: dict[str, Any] = {"episode": episode_id, "instruction": episode.instruction,
+                                       "num_frames": len(episode.frames),
+                                       "source": episode.meta.get("source"),
+                                       "decision_steps": len(self.steps), "skipped": None}
+        if not episode.instruction:
+            self.record["skipped"] = "no instruction"
+        elif not self.steps:
+            self.record["skipped"] = (f"{len(episode.frames)} frames: no future after K "
+                                      "context frames")
+        self.results = {t: stored for t, _ in self.steps
+                        if (stored := self._stored(t)) is not None}
+
+    @property
+    def pending(self) -> list[tuple[int, int]]:
+        if self.record["skipped"]:
+            return []
+        return [(t, compared) for t, compared in self.steps if t not in self.results]
+
+    def _paths(self, t: int) -> tuple[Path, Path]:
+        folder = self.out / "steps" / self.name
+        return folder / f"t{t:05d}.png", folder / f"t{t:05d}.json"
+
+    def _stored(self, t: int) -> tuple[np.ndarray, dict] | None:
+        png, done = self._paths(t)
+        if not (done.is_file() and png.is_file()):
+            return None
+        pred = np.stack(np.split(read_image(png), self.geometry.horizon, axis=1))
+        return pred, json.loads(done.read_text())
+
+    def on_episode_start(self) -> None:
+        if self.record["skipped"]:
+            log.warning("%s skipped: %s", self.episode_id, self.record["skipped"])
+
+    def on_step(self, observation: dict, action: dict) -> None:
+        t, compared, pred = observation["t"], observation["frames_compared"], action["prediction"]
+        record = {"episode": self.episode_id, "t": t, "frames_compared": compared,
+                  "instruction": observation["instruction"], "latency_s": action["latency_s"],
+                  **score_step(pred, observation["future"], self.episode, t)}
+        png, done = self._paths(t)
         with atomic_path(png) as tmp:
             write_png(tmp, np.concatenate(list(pred), axis=1))
         write_json(done, record)
-        return pred, record
+        self.results[t] = (pred, record)
 
-    def write_media(self, name: str, episode: Episode, steps: list[tuple[int, int]],
-                    preds: list[np.ndarray]) -> dict[str, str]:
-        """Side-by-side video (MP4 and GIF) and a contact sheet for one episode."""
-        h, w = preds[0].shape[1:3]
-        k = self.geometry.context_frames
-        frames, rows = [], []
-        for (t, compared), pred in zip(steps, preds):
-            context = fit_frames(episode.frames[t - k + 1: t + 1], h, w)
-            truth = fit_frames(episode.frames[t + 1: t + 1 + compared], h, w)
-            missing = np.full((len(pred) - compared, h, w, 3), 128, np.uint8)
-            truth_padded = np.concatenate([truth, missing])
-            for j in range(len(pred)):
-                frames.append(_side_by_side([context[-1], pred[j], truth_padded[j]]))
-            rows += [np.concatenate([context, pred]), np.concatenate([context, truth])]
-        video = np.stack(frames)
-        scale = max(1, VIEW_SIDE // h)
-        video = np.repeat(np.repeat(video, scale, axis=1), scale, axis=2)
-        media = self.out / "media"
-        write_mp4(media / f"{name}.mp4", video, self.config.fps)
-        with atomic_path(media / f"{name}.gif") as tmp:
-            write_gif(tmp, video, fps=self.config.fps)
-        with atomic_path(media / f"{name}.png") as tmp:
-            write_png(tmp, contact_sheet(rows))
-        return {kind: f"media/{name}.{kind}" for kind in ("mp4", "gif", "png")}
+    def on_episode_end(self) -> None:
+        if not self.record["skipped"]:
+            preds = [self.results[t][0] for t, _ in self.steps]
+            step_records = [self.results[t][1] for t, _ in self.steps]
+            media = write_media(self.out, self.name, self.episode, self.steps, preds,
+                                self.geometry.context_frames, self.config.fps)
+            self.record |= {
+                "psnr": mean_or_none(r["psnr"] for r in step_records),
+                "ssim": mean_or_none(r["ssim"] for r in step_records),
+                "follow_rate": mean_or_none(r["followed"] for r in step_records),
+                "follow_error_px": mean_or_none(r["follow_error_px"] for r in step_records),
+                "steps": step_records, "media": media}
+        write_json(self.out / "episodes" / f"{self.name}.json", self.record)  # last: done
 
-    def write_summary(self, records: list[dict]) -> dict:
-        steps = [s for r in records for s in r.get("steps", [])]
-        replayed = [r for r in records if not r["skipped"]]
-        overall = {"episodes": len(replayed), "skipped": len(records) - len(replayed),
-                   "decision_steps": len(steps),
-                   "psnr": mean_or_none(s["psnr"] for s in steps),
-                   "ssim": mean_or_none(s["ssim"] for s in steps),
-                   "follow_rate": mean_or_none(s["followed"] for s in steps),
-                   "follow_error_px": mean_or_none(s["follow_error_px"] for s in steps),
-                   "latency_s": mean_or_none(s["latency_s"] for s in steps)}
-        summary = {"node": dataclasses.asdict(self.geometry),
-                   "config": dataclasses.asdict(self.config), "overall": overall,
-                   "episodes": [{k: r.get(k) for k in EPISODE_FIELDS + ("media",)}
-                                for r in records]}
-        write_json(self.out / "steps.json", steps)
-        write_csv(self.out / "steps.csv", steps, STEP_FIELDS)
-        write_json(self.out / "summary.json", summary)
-        write_csv(self.out / "summary.csv", summary["episodes"] + [{"episode": "ALL", **overall}],
-                  EPISODE_FIELDS)
-        return summary
+
+def write_media(out: Path, name: str, episode: Episode, steps: list[tuple[int, int]],
+                preds: list[np.ndarray], context_frames: int, fps: float) -> dict[str, str]:
+    """Side-by-side video (MP4 and GIF) and a contact sheet for one episode."""
+    h, w = preds[0].shape[1:3]
+    k = context_frames
+    frames, rows = [], []
+    for (t, compared), pred in zip(steps, preds):
+        context = fit_frames(episode.frames[t - k + 1: t + 1], h, w)
+        truth = fit_frames(episode.frames[t + 1: t + 1 + compared], h, w)
+        missing = np.full((len(pred) - compared, h, w, 3), 128, np.uint8)
+        truth_padded = np.concatenate([truth, missing])
+        for j in range(len(pred)):
+            frames.append(_side_by_side([context[-1], pred[j], truth_padded[j]]))
+        rows += [np.concatenate([context, pred]), np.concatenate([context, truth])]
+    video = np.stack(frames)
+    scale = max(1, VIEW_SIDE // h)
+    video = np.repeat(np.repeat(video, scale, axis=1), scale, axis=2)
+    media = out / "media"
+    write_mp4(media / f"{name}.mp4", video, fps)
+    with atomic_path(media / f"{name}.gif") as tmp:
+        write_gif(tmp, video, fps=fps)
+    with atomic_path(media / f"{name}.png") as tmp:
+        write_png(tmp, contact_sheet(rows))
+    return {kind: f"media/{name}.{kind}" for kind in ("mp4", "gif", "png")}
 
 
 def _side_by_side(panels: list[np.ndarray]) -> np.ndarray:
@@ -327,11 +338,71 @@ def _side_by_side(panels: list[np.ndarray]) -> np.ndarray:
     return np.concatenate([p for panel in panels for p in (panel, gap)][:-1], axis=1)
 
 
+def check_run_folder(out: Path, geometry: NodeGeometry, config: ReplayConfig) -> None:
+    """A run folder belongs to one set of settings: resuming with others would mix results."""
+    current = {"config": dataclasses.asdict(config), "node": dataclasses.asdict(geometry)}
+    path = out / CONFIG_FILE
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        if stored != current:
+            raise ValueError(f"{out} holds a replay with other settings ({stored}); "
+                             f"now {current}. Use another --out folder.")
+        log.info("resuming the replay in %s", out)
+    else:
+        write_json(path, current)
+
+
+def write_summary(out: Path, geometry: NodeGeometry, config: ReplayConfig,
+                  records: list[dict]) -> dict:
+    """Every step's and every episode's metrics as JSON and CSV, with the overall means."""
+    steps = [s for r in records for s in r.get("steps", [])]
+    replayed = [r for r in records if not r["skipped"]]
+    overall = {"episodes": len(replayed), "skipped": len(records) - len(replayed),
+               "decision_steps": len(steps),
+               "psnr": mean_or_none(s["psnr"] for s in steps),
+               "ssim": mean_or_none(s["ssim"] for s in steps),
+               "follow_rate": mean_or_none(s["followed"] for s in steps),
+               "follow_error_px": mean_or_none(s["follow_error_px"] for s in steps),
+               "latency_s": mean_or_none(s["latency_s"] for s in steps)}
+    summary = {"node": dataclasses.asdict(geometry), "config": dataclasses.asdict(config),
+               "overall": overall,
+               "episodes": [{k: r.get(k) for k in EPISODE_FIELDS + ("media",)} for r in records]}
+    write_json(out / "steps.json", steps)
+    write_csv(out / "steps.csv", steps, STEP_FIELDS)
+    write_json(out / "summary.json", summary)
+    write_csv(out / "summary.csv", summary["episodes"] + [{"episode": "ALL", **overall}],
+              EPISODE_FIELDS)
+    return summary
+
+
 def run_replay(client: ForesightClient, episodes: Iterable[tuple[str, Episode]],
                out_dir: str | os.PathLike, config: ReplayConfig = ReplayConfig(),
                total: int | None = None) -> dict:
-    """Replay `episodes` ((id, Episode) pairs, any source) through the node behind `client`."""
-    return Replay(client, out_dir, config).run(episodes, total)
+    """Replay `episodes` ((id, Episode) pairs from any reader) through the node behind `client`
+    into the run folder `out_dir`, keeping what an earlier run there finished; returns the
+    summary (also written to disk)."""
+    out = Path(out_dir)
+    geometry = NodeGeometry.from_info(client.info())
+    check_run_folder(out, geometry, config)
+    agent = NodeAgent(client, config)
+    records = []
+    names: dict[str, str] = {}
+    bar = tqdm(episodes, total=total, desc="replay", unit="ep")
+    for episode_id, episode in bar:
+        name = safe_name(episode_id)
+        if names.setdefault(name, episode_id) != episode_id:
+            raise ValueError(f"episode ids {names[name]!r} and {episode_id!r} share the "
+                             f"file name {name!r}")
+        done = out / "episodes" / f"{name}.json"
+        if done.is_file():
+            records.append(json.loads(done.read_text()))
+            continue
+        bar.set_postfix_str(episode_id[-40:])
+        recorder = ReplayRecorder(out, episode_id, episode, geometry, config)
+        run_episode(EpisodeEnvironment(episode, recorder.pending, geometry.context_frames),
+                    agent, [recorder])
+        records.append(recorder.record)
+    return write_summary(out, geometry, config, records)
 
 
 def format_table(summary: dict) -> str:

@@ -4,6 +4,7 @@ a fast stand-in model for the resume tests (a killed process, an injected failur
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import signal
@@ -23,7 +24,15 @@ from foresight.node.client import ForesightClient
 from foresight.node.server import NodeServer, ServerConfig
 from sim_bridge.episode_io import write_episode
 from sim_bridge.readers import read_episodes
-from sim_bridge.replay import NodeGeometry, ReplayConfig, decision_steps, run_replay
+from sim_bridge.replay import (
+    EpisodeEnvironment,
+    NodeGeometry,
+    ReplayConfig,
+    ReplayRecorder,
+    decision_steps,
+    run_replay,
+)
+from sim_bridge.runtime import run_episode
 from sim_bridge.scoring import locate_object
 from sim_bridge.tabletop import make_episode
 from test_bridge_raw import write_trajectory
@@ -111,6 +120,34 @@ def test_fit_point_follows_fit_frames():
     small = fit_frames(frame[None], 64, 64)[0]
     found = locate_object(small, (215, 35, 35))
     assert np.hypot(*(np.array(found) - fit_point(np.array([500.0, 300.0]), (480, 640), (64, 64)))) < 0.5
+
+
+def test_runtime_loop_with_a_users_agent(tmp_path):
+    """Replay is runtime.run_episode: an in-process agent takes the node's place; an episode
+    without an instruction is recorded as skipped without asking the agent; a finished step is
+    not run again."""
+    episode = make_episode(2_000_000, size=64, num_frames=8)
+    geometry = NodeGeometry("echo", 64, 64, num_frames=8, context_frames=1)
+    asked = []
+
+    class LastFrame:
+        def get_action(self, observation: dict) -> dict:
+            asked.append(observation["t"])
+            assert len(observation["future"]) == observation["frames_compared"] == 7
+            return {"prediction": np.repeat(observation["context"][-1:], 7, axis=0),
+                    "latency_s": 0.0}
+
+    records = {}
+    for name, ep in (("a", episode), ("b", dataclasses.replace(episode, instruction=None))):
+        recorder = ReplayRecorder(tmp_path, name, ep, geometry, ReplayConfig())
+        run_episode(EpisodeEnvironment(ep, recorder.pending, 1), LastFrame(), [recorder])
+        records[name] = recorder.record
+    assert asked == [0]
+    assert records["a"]["decision_steps"] == 1 and records["a"]["psnr"] > 15
+    assert records["b"]["skipped"] == "no instruction" and not (tmp_path / "steps" / "b").exists()
+    assert json.loads((tmp_path / "episodes" / "a.json").read_text()) == records["a"]
+    assert all((tmp_path / path).is_file() for path in records["a"]["media"].values())
+    assert ReplayRecorder(tmp_path, "a", episode, geometry, ReplayConfig()).pending == []
 
 
 def test_replay_through_tiny_random_node(tmp_path):
