@@ -36,14 +36,14 @@ def clip_text_folder(folder):
 def test_clip_text_folder_loads_as_clip_and_casting_keeps_the_cache_right(tmp_path):
     from transformers import CLIPTextModel
 
-    enc = TextEncoder(clip_text_folder(tmp_path / "clip"), max_length=16)
+    folder = clip_text_folder(tmp_path / "clip")
+    enc = TextEncoder(folder, max_length=16)
     assert isinstance(enc.model, CLIPTextModel) and enc.width == 32
     feats, mask = enc(["push the block", "lift"])
     assert feats.shape == (2, 16, 32) and feats.dtype == torch.float32
     assert mask[0].sum() == len("pushtheblock") + 2 and mask[1].sum() == len("lift") + 2  # + start/end tokens
     enc.to(torch.bfloat16)  # a plain nn.Module cast: cached entries come back in the new dtype
     cached, _ = enc(["push the block"])
-    enc.clear_cache()
-    fresh, _ = enc(["push the block"])
+    fresh, _ = TextEncoder(folder, max_length=16).to(torch.bfloat16)(["push the block"])
     assert cached.dtype == fresh.dtype == torch.bfloat16
     assert torch.allclose(cached.float(), fresh.float(), atol=0.05)

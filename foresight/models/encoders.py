@@ -75,9 +75,6 @@ class TextEncoder(nn.Module):
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def clear_cache(self) -> None:
-        self._cache.clear()
-
 
 class VisionEncoder(nn.Module):
     """SVD's CLIP image encoder: patch features v for DQFormer and the pooled image token.

@@ -67,7 +67,3 @@ def aid_loss(
     return edm_loss(Denoiser(model.unet), x0, cond, sigma, noise, target_frames=slice(k, None),
                     weight_map=weight_map)
 
-
-def make_optimizer(model: AIDModel, lr: float = 1e-4, weight_decay: float = 0.01) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters only."""
-    return torch.optim.AdamW(model.trainable_parameters(), lr=lr, weight_decay=weight_decay)
