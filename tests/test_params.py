@@ -5,31 +5,40 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 
 from foresight.params import LiveBytes, architecture, count_real_config, request_memory, training_memory
 
-# Peak RSS of a real request sits above the live tensor bytes by the allocator's overhead and the
-# runtime's scratch buffers; on the tiny model at M=16 the two agreed within this share.
-RSS_MARGIN = 0.25
+# The estimate against the tensors a real request holds at its peak (the same accounting on real
+# tensors): 437 against 431 MiB on the tiny model at M=16 on 3 December.
+TENSOR_MARGIN = 0.1
+# The process's peak RSS sits above the live tensors by CPU kernels' scratch space that no tensor
+# shows (oneDNN convolution buffers, the allocator): 707-731 MiB against the estimate's 431.
+RSS_FACTOR = 2.0
 
+# Linux resets a process's peak RSS (VmHWM) when "5" is written to its clear_refs, so the peak is
+# that of the request alone, not of loading the model or the warm-up.
 MEASURE_RSS = textwrap.dedent("""
-    import resource, sys
+    import sys
     import numpy as np, torch
     torch.set_num_threads(1)
     from foresight.pipeline import load_pipeline
 
-    def rss():
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * 4096
+    def status_kib(field):
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
     pipe = load_pipeline("tiny")
     frames = np.zeros((1, 64, 64, 3), np.uint8)
-    pipe.predict(frames, ["push the red block left"], steps=1)  # warm-up: kernels, caches
-    before = rss()
-    pipe.predict(frames, [f"push the red block left {i}" for i in range(int(sys.argv[1]))], steps=1)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before)
+    run = dict(steps=1, guidance_interval=None)  # guided, as the estimate: 3 branches in the UNet call
+    pipe.predict(frames, ["push the red block left"], **run)  # warm-up: kernels, caches
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = status_kib("VmRSS")
+    pipe.predict(frames, [f"push the red block left {i}" for i in range(int(sys.argv[1]))], **run)
+    print((status_kib("VmHWM") - before) * 1024)
 """)
 
 
@@ -46,13 +55,22 @@ def test_live_bytes_counts_each_new_storage_once_while_it_lives():
 
 
 def test_request_memory_matches_the_measured_peak_of_a_real_request_on_the_cpu():
-    """The tiny model in float32 at M=16: the estimate's largest stage against the rise of peak
-    RSS over one real `predict` (after a warm-up), in a fresh process."""
+    """The tiny model in float32 at M=16, guided: the estimate (fake tensors) against the peak of
+    the tensors one real `predict` holds, and against the rise of the process's peak RSS."""
+    from foresight.pipeline import load_pipeline
+
     estimate = request_memory(architecture("tiny"), 16, torch.float32)
     activations = estimate["request_peak_bytes"] - estimate["weights_total_bytes"]
+    pipe = load_pipeline("tiny")
+    frames = np.zeros((1, 64, 64, 3), np.uint8)
+    run = dict(steps=1, guidance_interval=None)
+    pipe.predict(frames, ["push the red block left"], **run)
+    with LiveBytes() as tracker:
+        pipe.predict(frames, [f"push the red block left {i}" for i in range(16)], **run)
+    assert activations == pytest.approx(tracker.peak, rel=TENSOR_MARGIN)
     out = subprocess.run([sys.executable, "-c", MEASURE_RSS, "16"], capture_output=True, text=True, check=True)
-    measured = int(out.stdout.split()[-1])
-    assert activations == pytest.approx(measured, rel=RSS_MARGIN)
+    rss = int(out.stdout.split()[-1])
+    assert activations <= rss <= RSS_FACTOR * activations
 
 
 def test_request_memory_of_the_real_config():
