@@ -7,19 +7,21 @@ import dataclasses
 import cv2
 import numpy as np
 import pytest
+from test_tabletop import SIZE, _fixed_scene
 
-from sim_bridge.scoring import accepted_tracks, follow_error, follow_tolerance, locate_object
-from sim_bridge.tabletop import PALETTE, Scene, SceneObject, TableLook, Task, apply_task, make_episode, run_task
-
-SIZE = 64
-
-
-def _fixed_scene() -> Scene:
-    """A red block in the middle with room to move every way, two objects out of its path."""
-    look = TableLook.random(np.random.default_rng(0))
-    return Scene((SceneObject("red", "block", 0.17, 0.5, 0.62),
-                  SceneObject("blue", "disc", 0.17, 0.13, 0.87),
-                  SceneObject("green", "triangle", 0.17, 0.87, 0.87, angle=10.0)), look)
+from sim_bridge.scoring import (
+    accepted_tracks,
+    follow_error,
+    follow_tolerance,
+    locate_object,
+)
+from sim_bridge.tabletop import (
+    PALETTE,
+    Task,
+    apply_task,
+    make_episode,
+    run_task,
+)
 
 
 def test_next_to_without_a_side_accepts_either_side():

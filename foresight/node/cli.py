@@ -9,8 +9,6 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
-
 from foresight.logs import setup_logging
 from foresight.node.server import (
     DEFAULT_BIND,
@@ -19,7 +17,12 @@ from foresight.node.server import (
     curve_keys,
     serve,
 )
-from foresight.node.worker import DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUE, Predictor
+from foresight.node.worker import (
+    DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_QUEUE,
+    Predictor,
+    warm_up,
+)
 
 log = logging.getLogger(__name__)
 
@@ -141,10 +144,3 @@ def load_predictor(args: argparse.Namespace) -> Predictor:
     if args.compile:
         warm_up(predictor)
     return predictor
-
-
-def warm_up(predictor: Predictor) -> None:
-    """One prediction at the default settings on black frames (compiles what a first request would)."""
-    frames = np.zeros((predictor.context_frames, predictor.height, predictor.width, 3), np.uint8)
-    log.info("warm-up prediction (torch.compile)")
-    predictor.predict(frames, ["warm up"])

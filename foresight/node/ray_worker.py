@@ -37,6 +37,9 @@ from foresight.node.worker import (
     Predictor,
     Settings,
 )
+from foresight.node.worker import (
+    warm_up as run_warm_up,  # `warm_up` is also a setting's name
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +68,6 @@ class ForesightReplica:
     """One copy of the model and its engines; requests waiting here together run as one batch."""
 
     def __init__(self, load: Callable[[], Predictor], max_queue: int, max_batch: int, warm_up: bool) -> None:
-        from foresight.node.cli import warm_up as run_warm_up  # the replica's process needs the model side
 
         predictor = load()
         if warm_up:

@@ -251,3 +251,10 @@ class LocalWorker:
             job.on_done(job, result)
         except Exception:
             log.exception("completion callback failed; that request gets no reply")
+
+
+def warm_up(predictor: Predictor) -> None:
+    """One prediction at the default settings on black frames (compiles what a first request would)."""
+    frames = np.zeros((predictor.context_frames, predictor.height, predictor.width, 3), np.uint8)
+    log.info("warm-up prediction (torch.compile)")
+    predictor.predict(frames, ["warm up"])
