@@ -367,7 +367,7 @@ def real_unet_step_inputs(device: str, batch: int = 3, frames: int = 16, size: i
     dtype = torch.bfloat16
     with torch.device(device):
         unet = AdaptedUNet(UNetSpatioTemporalConditionModel().to(dtype), config.adapters).eval()
-        tokens = 1 + config.text_max_length + config.dqformer.tokens_per_frame  # image token ; ME ; DE_i
+        tokens = 1 + config.dqformer.condition_tokens(config.text_max_length)  # image token ; ME ; DE_i
         g = torch.Generator(device).manual_seed(0)
         inputs = (torch.randn(batch, frames, 8, size // 8, size // 8, generator=g, dtype=dtype),
                   torch.zeros(batch, dtype=dtype),

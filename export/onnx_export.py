@@ -198,14 +198,12 @@ def graph_shapes(model: nn.Module, height: int, width: int) -> GraphShapes:
         v, _ = model.vision(torch.zeros(1, 3, height, width, device=model.device, dtype=model.dtype))
         t1 = torch.zeros(1, 0, 0) if model.dqformer is None else model.text([""])[0]
     d = cfg.dqformer
-    me_tokens = t1.shape[1] if d is not None and d.use_me else 0
-    de_tokens = d.tokens_per_frame if d is not None and d.use_de else 0
     return GraphShapes(
         in_channels=model.unet.config.in_channels,
         latent_channels=model.vae.config.latent_channels,
         latent_height=height // factor,
         latent_width=width // factor,
-        context_tokens=1 + me_tokens + de_tokens,
+        context_tokens=1 + (0 if d is None else d.condition_tokens(t1.shape[1])),
         cross_dim=model.unet.config.cross_attention_dim,
         text_tokens=t1.shape[1],
         state_tokens=cfg.num_states * t1.shape[1],

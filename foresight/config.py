@@ -31,7 +31,12 @@ class AdapterConfig:
 
 @dataclass(frozen=True)
 class DQFormerConfig:
-    """Dual-query transformer; `width` must equal the UNet's cross-attention width."""
+    """Dual-query transformer; `width` must equal the UNet's cross-attention width.
+
+    sentence_token: prepend the instruction's pooled sentence embedding (the masked mean of the
+    text encoder's token features, as sentence-transformers pool) as one more instruction token.
+    Rewordings of one instruction lie close in that space even where their words differ.
+    """
 
     width: int = 1024
     text_dim: int = 1024
@@ -42,6 +47,11 @@ class DQFormerConfig:
     ffn_mult: int = 2
     use_me: bool = True
     use_de: bool = True
+    sentence_token: bool = False
+
+    def condition_tokens(self, text_tokens: int) -> int:
+        """Tokens per frame of MCondition for instructions padded to `text_tokens`."""
+        return (text_tokens + self.sentence_token) * self.use_me + self.tokens_per_frame * self.use_de
 
 
 @dataclass(frozen=True)

@@ -208,7 +208,7 @@ def context_tokens(config: AIDConfig) -> int:
     dq = config.dqformer
     if dq is None:
         return 1
-    return 1 + config.text_max_length * dq.use_me + dq.tokens_per_frame * dq.use_de
+    return 1 + dq.condition_tokens(config.text_max_length)
 
 
 def request_memory(arch: Architecture, batch: int, dtype: torch.dtype,

@@ -15,15 +15,21 @@ import numpy as np
 if TYPE_CHECKING:
     from sim_bridge.tabletop import Task
 
+# Several wordings per kind, so that what a model learns is tied to the meaning rather than to
+# one verb; none shares a pattern with PARAPHRASES.
 # Per task kind: sentence patterns with {obj}, {ref}, {dir} (push direction or rotation sense) and
 # {side} (the side of {ref} for put_next_to).
 TEMPLATES: dict[str, tuple[str, ...]] = {
-    "push": ("push the {obj} {dir}", "move the {obj} {dir}"),
+    "push": ("push the {obj} {dir}", "move the {obj} {dir}", "shove the {obj} {dir}", "drag the {obj} {dir}",
+             "sweep the {obj} {dir}"),
     "put_on": ("put the {obj} on the {ref}", "place the {obj} on top of the {ref}",
-               "stack the {obj} on the {ref}"),
+               "stack the {obj} on the {ref}", "move the {obj} on top of the {ref}",
+               "drop the {obj} on the {ref}", "carry the {obj} over to the {ref} and put it on it"),
     "put_next_to": ("put the {obj} next to the {ref}", "place the {obj} beside the {ref}",
-                    "put the {obj} to the {side} of the {ref}"),
-    "pick_up": ("pick up the {obj}", "lift the {obj}"),
+                    "put the {obj} to the {side} of the {ref}", "move the {obj} next to the {ref}",
+                    "put the {obj} by the {ref}", "move the {obj} to the {side} of the {ref}"),
+    "pick_up": ("pick up the {obj}", "lift the {obj}", "raise the {obj}", "pick the {obj} up",
+                "lift up the {obj}"),
     "rotate": ("rotate the {obj} {dir}", "turn the {obj} {dir}"),
 }
 

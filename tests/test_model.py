@@ -112,6 +112,28 @@ def test_dqformer_ablations_drop_tokens():
         DQFormer(DQFormerConfig(use_me=False, use_de=False, **base), 2)
 
 
+def test_sentence_token_is_the_pooled_instruction_and_ignores_padding():
+    cfg = DQFormerConfig(width=16, text_dim=8, vision_dim=8, heads=2, tokens_per_frame=3, sentence_token=True)
+    dq = DQFormer(cfg, 2)
+    assert cfg.condition_tokens(4) == 1 + 4 + 3
+    torch.nn.init.normal_(dq.sentence_proj.weight)
+    g = torch.Generator().manual_seed(0)
+    t1, t2, v = torch.randn(1, 4, 8, generator=g), torch.randn(1, 6, 8, generator=g), torch.randn(1, 5, 8, generator=g)
+    m1, m2 = torch.tensor([[True, True, True, False]]), torch.ones(1, 6, dtype=torch.bool)
+    out = dq(t1, m1, t2, m2, v)
+    assert out.shape == (2, 1 + 4 + 3, 16)
+    tokens, mask = dq.instruction_tokens(t1, m1)
+    pooled = torch.nn.functional.normalize(t1[:, :3].mean(1), dim=-1)
+    torch.testing.assert_close(tokens[:, 0], dq.sentence_proj(pooled))
+    assert mask.tolist() == [[True, True, True, True, False]]
+    padded = t1.clone()
+    padded[:, 3] += 7  # a padding token changes neither the sentence token nor anything after it
+    changed = dq(padded, m1, t2, m2, v)
+    torch.testing.assert_close(changed[:, :4], out[:, :4])
+    torch.testing.assert_close(changed[:, 5:], out[:, 5:])
+    torch.testing.assert_close(dq.instruction_tokens(padded, m1)[0][:, 0], tokens[:, 0])
+
+
 def test_real_config_trainable_share_is_at_most_3_percent():
     counts = count_real_config()
     assert counts["unet"] > 1_500_000_000  # SVD's UNet is ~1.52B parameters

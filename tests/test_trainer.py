@@ -200,3 +200,21 @@ def test_lerobot_dataset_from_the_simulator_trains_through_the_data_path(tmp_pat
     logged = json.loads((tmp_path / "lerobot" / "stats.json").read_text())
     assert logged["steps"] == 4 and np.isfinite(logged["final_loss"])
     assert load_file(str(out / "aid.safetensors")).keys() == load_model_dir(out)[0].aid_state_dict().keys()
+
+
+def test_continuation_starts_from_a_model_folder_and_adds_the_sentence_token(tmp_path, svd_folder):
+    """Issue 22: a stage continues a finished model (model.init); a part the folder lacks (here the
+    sentence token) starts zero-initialised, and a folder with parts this config lacks is refused."""
+    first = run(job(tmp_path, svd_folder, "first"))
+    aid = TINY_RANDOM_AID.to_dict()
+    aid["dqformer"]["sentence_token"] = True
+    (cfg,) = load_jobs(str(job(tmp_path, svd_folder, "next", model={"init": str(first), "aid": aid})))
+    state = AIDStage(cfg).model.aid_state_dict()
+    trained = load_file(str(first / "aid.safetensors"))
+    assert state.keys() - trained.keys() == {"dqformer.sentence_proj.weight", "dqformer.sentence_proj.bias"}
+    assert all(torch.equal(state[k], v) for k, v in trained.items())
+    assert not state["dqformer.sentence_proj.weight"].any()
+    aid["adapters"] = None
+    (cfg,) = load_jobs(str(job(tmp_path, svd_folder, "less", model={"init": str(first), "aid": aid})))
+    with pytest.raises(ValueError, match="unexpected.*adapters"):
+        AIDStage(cfg)

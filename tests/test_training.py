@@ -1,5 +1,7 @@
 """The AID training step: only adapters + DQFormer move."""
 
+from pathlib import Path
+
 import torch
 
 from foresight.model_dir import build_tiny_random
@@ -125,3 +127,6 @@ def test_presets_and_overrides():
     with pytest.raises(FileNotFoundError, match="no-such"):
         load_jobs("no-such")
     assert json.loads(json.dumps(job.to_dict()))["optim"]["steps"] == 7
+    (cont,) = load_jobs("tiny-aid-continue")
+    assert cont.path(cont.model.init) == (Path(__file__).resolve().parents[1] / "foresight" / "weights" / "tiny").resolve()
+    assert (cont.path(cont.model.svd) / "model_index.json").is_file() and cont.model.aid.dqformer.sentence_token

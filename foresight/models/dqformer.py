@@ -90,6 +90,11 @@ class DQFormer(nn.Module):
         self.num_frames = num_frames
         c = config.width
         self.text_proj = nn.Linear(config.text_dim, c)
+        if config.sentence_token:
+            # zero-initialised: a model trained without it starts out unchanged when it is added
+            self.sentence_proj = nn.Linear(config.text_dim, c)
+            nn.init.zeros_(self.sentence_proj.weight)
+            nn.init.zeros_(self.sentence_proj.bias)
         self.vision_proj = nn.Linear(config.vision_dim, c)
         if config.use_me:
             self.me_layers = nn.ModuleList(MELayer(c, config.heads, config.ffn_mult) for _ in range(config.layers))
@@ -111,7 +116,7 @@ class DQFormer(nn.Module):
         v (B, Lv, Dv) image features -> MCondition (B*F, L, C), F = num_frames (default N)."""
         frames = self.num_frames if num_frames is None else num_frames
         batch = t1.shape[0]
-        t1 = self.text_proj(t1)
+        t1, t1_mask = self.instruction_tokens(t1, t1_mask)
         parts = []
         if self.config.use_me:
             me = t1
@@ -127,3 +132,13 @@ class DQFormer(nn.Module):
             # 1. split the N * N_t queries per frame; 2. keep the first `frames` frames
             parts.append(q.unflatten(1, (self.num_frames, -1))[:, :frames])
         return self.norm(torch.cat(parts, dim=2)).flatten(0, 1)
+
+    def instruction_tokens(self, t1: torch.Tensor, t1_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Projected instruction tokens and mask, led by the sentence token where configured."""
+        tokens = self.text_proj(t1)
+        if not self.config.sentence_token:
+            return tokens, t1_mask
+        weights = t1_mask.to(t1.dtype)[..., None]
+        pooled = (t1 * weights).sum(1) / weights.sum(1).clamp(min=1)
+        sentence = self.sentence_proj(F.normalize(pooled, dim=-1))[:, None]
+        return torch.cat([sentence, tokens], 1), F.pad(t1_mask, (1, 0), value=True)

@@ -3,8 +3,8 @@
 A job file sets `stage` ("vae", "base" or "aid": which parameters train and which loss) and the
 sections below (`extends = "<file or preset>"` starts from another file); a chain file
 (`chain = ["tiny-vae", "tiny-base", "tiny-aid"]`) runs several jobs in order, each in
-`<out>/<stage>`. Paths in `model.svd` and `model.vae` may use `{out}` (the
-job's run folder), so a chained stage can name the previous stage's output. `--set a.b=value`
+`<out>/<stage>`. Paths in `model` may use `{out}` (the job's run folder), so a chained stage
+can name the previous stage's output, and `{weights}`, the shipped models' folder. `--set a.b=value`
 overrides any field; the value is parsed as JSON when it parses, else taken as a string.
 """
 
@@ -26,6 +26,7 @@ else:  # Python 3.10
     import tomli as tomllib
 
 PRESETS_DIR = Path(__file__).parent / "presets"
+WEIGHTS_DIR = Path(__file__).parent.parent / "weights"
 STAGES = ("vae", "base", "aid")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 
@@ -38,6 +39,10 @@ class ModelConfig:
     vae: a VAE folder replacing the SVD's own (the tiny base stage takes the VAE stage's output).
     text_encoder: "bundled:all-MiniLM-L6-v2", or a local CLIP text (or any HF text model) folder.
     states: "template", a JSON cache written by `foresight states`, or a local VLM folder.
+    init: an AID model folder (aid stage) whose trained weights the run starts from: a
+    continuation. Parts the folder lacks (say, a newly configured sentence token) keep their
+    fresh initialisation; anything it holds that this config does not build is an error.
+    Paths may use `{out}` (the run folder) and `{weights}` (the package's shipped models).
     """
 
     svd: str = ""
@@ -45,6 +50,7 @@ class ModelConfig:
     vae: str = ""
     text_encoder: str = "bundled:all-MiniLM-L6-v2"
     states: str = "template"
+    init: str = ""
     aid: AIDConfig = AIDConfig()
 
 
@@ -135,8 +141,8 @@ class TrainConfig:
                              f"{self.checkpoint_every!r}, {self.checkpoints_total_limit!r}")
 
     def path(self, value: str) -> Path:
-        """A config path with `{out}` filled in."""
-        return Path(value.format(out=self.out)).resolve()
+        """A config path with `{out}` and `{weights}` filled in."""
+        return Path(value.format(out=self.out, weights=WEIGHTS_DIR)).resolve()
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from foresight.loading import SVDComponents, build_tiny_svd, load_svd
@@ -119,6 +120,8 @@ class AIDStage(nn.Module):
         text = TextEncoder(resolve_text_encoder(cfg.model.text_encoder), aid.text_max_length)
         torch.manual_seed(cfg.seed)
         self.model = AIDModel(base_svd(cfg), text, aid)
+        if cfg.model.init:
+            continue_from(self.model, cfg.path(cfg.model.init))
         self.loss, self.dropout = cfg.loss, _dropout(cfg)
         self.train()
 
@@ -145,6 +148,18 @@ class AIDStage(nn.Module):
         save_model_dir(self.model, folder / "model", svd=str(cfg.path(cfg.model.svd)), text_encoder=text_encoder,
                        states=states)
         return folder / "model"
+
+
+def continue_from(model: AIDModel, folder: Path) -> None:
+    """Start from a model folder's trained weights; parts it lacks keep their initialisation."""
+    weights = folder / "aid.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"model.init: {folder} has no aid.safetensors to continue from")
+    state = load_file(str(weights))
+    fresh = {k: v for k, v in model.aid_state_dict().items() if k not in state}
+    model.load_aid_weights(state | fresh)
+    logger.info("continuing from %s (%d tensors); newly initialised: %s", folder, len(state),
+                ", ".join(sorted(fresh)) or "nothing")
 
 
 STAGE_MODULES = {"vae": VAEStage, "base": BaseStage, "aid": AIDStage}
