@@ -164,7 +164,7 @@ def cmd_ship(args: argparse.Namespace) -> None:
     from foresight.training.ship import ship
 
     dest = ship(args.run, args.eval)
-    print(f"shipped {args.run}/aid/model as the embedded model in {dest} (base: {dest.name}-svd)")
+    print(f"shipped {args.run}'s last AID stage as the embedded model in {dest} (base: {dest.name}-svd)")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -253,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("ship", help="package a trained run as the embedded 'tiny' model (fp16, model card)")
-    p.add_argument("--run", required=True, help="the folder `foresight train tiny --out` wrote")
+    p.add_argument("--run", required=True,
+                   help="what `foresight train --out` wrote: a chain (tiny) or one stage (tiny-aid-continue)")
     p.add_argument("--eval", required=True, help="the JSON report of `foresight eval` on that run")
     p.set_defaults(func=cmd_ship)
 

@@ -103,6 +103,21 @@ def test_clip_windows_keep_stride_within_the_episode():
     assert clip_indices(5, 8, 2, rng).tolist() == [0, 1, 2, 3, 4, 4, 4, 4]
 
 
+def test_chain_steps_are_checked(tmp_path):
+    import pytest
+
+    from foresight.training.config import load_jobs
+
+    twice = tmp_path / "twice.json"
+    twice.write_text('{"chain": ["tiny-aid", {"config": "tiny-aid"}]}')
+    with pytest.raises(ValueError, match="same folder"):
+        load_jobs(str(twice))
+    typo = tmp_path / "typo.json"
+    typo.write_text('{"chain": [{"config": "tiny-aid", "folders": "x"}]}')
+    with pytest.raises(ValueError, match="chain step"):
+        load_jobs(str(typo))
+
+
 def test_presets_and_overrides():
     import json
 
@@ -112,7 +127,11 @@ def test_presets_and_overrides():
 
     assert {"tiny", "tiny-vae", "tiny-base", "tiny-aid", "svd-bridge", "svd-ssv2"} <= set(preset_names())
     chain = load_jobs("tiny", out="runs/x")
-    assert [j.stage for j in chain] == ["vae", "base", "aid"] and chain[2].out == "runs/x/aid"
+    assert [j.stage for j in chain] == ["vae", "base", "aid", "aid"] and chain[2].out == "runs/x/aid"
+    continued = chain[3]
+    assert continued.out == "runs/x/aid-continue" and continued.model.aid.dqformer.sentence_token
+    assert continued.path(continued.model.init) == chain[2].path("{out}/model")
+    assert continued.path(continued.model.svd) == chain[2].path(chain[2].model.svd)
     assert chain[2].path(chain[2].model.svd).parts[-3:] == ("x", "base", "svd")
     bridge, ssv2 = load_jobs("svd-bridge")[0], load_jobs("svd-ssv2")[0]
     assert (bridge.model.aid.num_frames, bridge.model.aid.context_frames, bridge.model.aid.height) == (16, 1, 256)
@@ -130,3 +149,67 @@ def test_presets_and_overrides():
     (cont,) = load_jobs("tiny-aid-continue")
     assert cont.path(cont.model.init) == (Path(__file__).resolve().parents[1] / "foresight" / "weights" / "tiny").resolve()
     assert (cont.path(cont.model.svd) / "model_index.json").is_file() and cont.model.aid.dqformer.sentence_token
+
+
+def _stage_folder(folder: Path, model, svd: Path, init: str = "", seconds: float = 60.0) -> Path:
+    import json
+
+    from foresight.model_dir import save_model_dir
+
+    folder.mkdir(parents=True)
+    config = {"stage": "aid", "seed": 0, "optim": {"batch": 8}, "model": {"svd": str(svd), "init": init}}
+    (folder / "config.json").write_text(json.dumps(config))
+    save_model_dir(model, folder / "model", svd=str(svd))
+    (folder / "stats.json").write_text(json.dumps({"steps": 5, "seconds": seconds, "command": "foresight train x",
+                                                   "commit": "abc"}))
+    return folder
+
+
+def test_ship_packages_a_continuation_and_keeps_the_chain(tmp_path):
+    """Issue 22: shipping a stage that continued the shipped model keeps the shipped base, records
+    the earlier stages from the old card and this one after them, and writes a loadable fp16 model."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from foresight.model_dir import build_tiny_random, load_model_dir, save_model_dir
+    from foresight.training.ship import REPLAY, ship
+
+    model = build_tiny_random()
+    dest, base = tmp_path / "weights" / "tiny", tmp_path / "weights" / "tiny-svd"
+    model.svd_components().save_pretrained(base)
+    save_model_dir(model, dest, svd="../tiny-svd", card={"commands": ["foresight train --out r"], "commit": "old",
+                                                          "recipe_seed": 0, "training_seconds": {"vae": 1, "aid": 2}})
+    (dest / "README.md").write_text("card")
+    base_bytes = {p.name: p.read_bytes() for p in base.rglob("*.safetensors")}
+    run = _stage_folder(tmp_path / "run", model, base, init=str(dest), seconds=30)
+    report = tmp_path / "eval.json"
+    report.write_text(json.dumps({"seeds": [1_000_000, 1_000_004], "variants": {"aid": {"episodes": 4}}}))
+    ship(run, report, dest=dest)
+    card = json.loads((dest / "model_card.json").read_text())
+    assert [(e["stage"], e["commit"]) for e in card["chain"]] == [("vae", "old"), ("aid", "old"), ("aid", "abc")]
+    assert card["training_seconds"] == 33 and card["replay"] == REPLAY
+    assert (dest / "README.md").read_text() == "card"
+    assert json.loads((dest / "aid_config.json").read_text())["svd"] == "../tiny-svd"
+    assert {p.name: p.read_bytes() for p in base.rglob("*.safetensors")} == base_bytes  # the base stays as shipped
+    assert all(v.dtype == torch.float16 for v in load_file(str(dest / "aid.safetensors")).values())
+    shipped, _ = load_model_dir(dest)
+    assert shipped.dqformer is not None and not (tmp_path / "weights" / "tiny.tmp").exists()
+
+
+def test_ship_copies_a_chain_runs_own_base(tmp_path):
+    import json
+
+    from foresight.model_dir import build_tiny_random
+    from foresight.training.ship import ship
+
+    model = build_tiny_random()
+    run = tmp_path / "run"
+    model.svd_components().save_pretrained(run / "base" / "svd")
+    _stage_folder(run / "aid", model, run / "base" / "svd")
+    report = tmp_path / "eval.json"
+    report.write_text(json.dumps({"seeds": [0, 4], "variants": {"aid": {"episodes": 4}}}))
+    dest = tmp_path / "weights" / "tiny"
+    ship(run, report, dest=dest)
+    assert (tmp_path / "weights" / "tiny-svd" / "model_index.json").is_file()
+    assert [e["stage"] for e in json.loads((dest / "model_card.json").read_text())["chain"]] == ["aid"]

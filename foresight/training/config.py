@@ -3,7 +3,8 @@
 A job file sets `stage` ("vae", "base" or "aid": which parameters train and which loss) and the
 sections below (`extends = "<file or preset>"` starts from another file); a chain file
 (`chain = ["tiny-vae", "tiny-base", "tiny-aid"]`) runs several jobs in order, each in
-`<out>/<stage>`. Paths in `model` may use `{out}` (the job's run folder), so a chained stage
+`<out>/<stage>`; a step may also be a table `{config = "...", folder = "...", set = ["k=v"]}`
+with its own folder and overrides (a continuation of an earlier step of the same stage). Paths in `model` may use `{out}` (the job's run folder), so a chained stage
 can name the previous stage's output, and `{weights}`, the shipped models' folder. `--set a.b=value`
 overrides any field; the value is parsed as JSON when it parses, else taken as a string.
 """
@@ -228,15 +229,29 @@ def load_jobs(spec: str, overrides: tuple[str, ...] = (), out: str | None = None
             raise ValueError(f"{spec}: a chain file holds only `chain` and `out`, got {sorted(extra)}")
         root = out or data.get("out", f"runs/{Path(spec).stem}")
         jobs = []
-        for name in data["chain"]:
-            (job,) = load_jobs(name, overrides)
-            jobs.append(replace(job, out=str(Path(root) / job.stage)))
+        for step in data["chain"]:
+            name, folder, own = _chain_step(step, spec)
+            (job,) = load_jobs(name, own + tuple(overrides))
+            jobs.append(replace(job, out=str(Path(root) / (folder or job.stage))))
+        folders = [job.out for job in jobs]
+        if len(set(folders)) != len(folders):
+            raise ValueError(f"{spec}: two chain steps write the same folder; give one its own `folder`")
         return jobs
     for assignment in overrides:
         _set(data, assignment)
     if out is not None:
         data["out"] = out
     return [_build(TrainConfig, data, "")]
+
+
+def _chain_step(step: Any, spec: str) -> tuple[str, str | None, tuple[str, ...]]:
+    """A chain entry -> (config, folder or None for the stage's name, its own overrides)."""
+    if isinstance(step, str):
+        return step, None, ()
+    if not isinstance(step, dict) or "config" not in step or set(step) - {"config", "folder", "set"}:
+        raise ValueError(f"{spec}: a chain step is a config name or a table with `config` and optional "
+                         f"`folder` and `set`, got {step!r}")
+    return step["config"], step.get("folder"), tuple(step.get("set", ()))
 
 
 def write_resolved(cfg: TrainConfig, folder: Path) -> None:

@@ -1,22 +1,28 @@
-"""Packaging a `foresight train tiny` run as the embedded model: fp16 weights in the package, a model card.
+"""Packaging a training run as the embedded model: fp16 weights in the package, a model card.
 
-The card records what someone needs to reproduce and judge the model: the exact commands, the
-seeds, the commit, the training wall time per stage, and the evaluation numbers.
+A run is a chain folder (`foresight train tiny --out RUN`: RUN/vae, RUN/base, RUN/aid, ...) or one
+stage's folder (`foresight train tiny-aid-continue --out RUN`). The shipped AID model is the run's
+last AID stage; its base becomes `tiny-svd` unless it already is the shipped one.
+
+The card records what someone needs to reproduce and judge the model: every stage of the chain
+that made it (command, seed, steps, commit, wall time; a continuation of the shipped model keeps
+the stages recorded before it), the command that replays the chain, and the evaluation.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from foresight.model_dir import EMBEDDED_DIR
+from foresight.training.config import WEIGHTS_DIR
 
-MAX_EMBEDDED_BYTES = 25 * 1024 * 1024
+MAX_EMBEDDED_BYTES = 40 * 1024 * 1024
+REPLAY = "foresight train tiny --out runs/tiny"
 
 
 def halve_safetensors(folder: Path) -> None:
@@ -26,62 +32,89 @@ def halve_safetensors(folder: Path) -> None:
         save_file(state, str(path), metadata={"format": "pt"})
 
 
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+def stage_folders(run: Path) -> list[Path]:
+    """The run's finished stages in the order they finished."""
+    folders = [run] if (run / "config.json").is_file() else [p for p in run.iterdir() if (p / "config.json").is_file()]
+    finished = [f for f in folders if (f / "stats.json").is_file()]
+    if not finished:
+        raise FileNotFoundError(f"{run} holds no finished training stage (no config.json + stats.json)")
+    return sorted(finished, key=lambda f: (f / "stats.json").stat().st_mtime)
+
+
+def chain_entry(folder: Path) -> dict:
+    config = json.loads((folder / "config.json").read_text())
+    stats = json.loads((folder / "stats.json").read_text())
+    return {"stage": config["stage"], "command": stats.get("command"), "folder": str(folder),
+            "seed": config["seed"], "steps": stats["steps"],
+            "batch": config["optim"]["batch"], "seconds": stats["seconds"], "commit": stats.get("commit", "unknown"),
+            "init": config["model"].get("init", ""), "svd": config["model"]["svd"]}
+
+
+def earlier_chain(card: dict) -> list[dict]:
+    """The stages a shipped card records (cards before chains were recorded: from their fields)."""
+    if "chain" in card:
+        return card["chain"]
+    return [{"stage": stage, "command": card["commands"][0], "seed": card.get("recipe_seed"), "seconds": seconds,
+             "commit": card.get("commit", "unknown")} for stage, seconds in card.get("training_seconds", {}).items()]
 
 
 def ship(run: str | Path, eval_report: str | Path, dest: Path = EMBEDDED_DIR) -> Path:
-    """Package a `foresight train tiny` run folder as the embedded model, fp16, with a model card.
-
-    `run/base/svd` becomes the text-free base `tiny-svd` beside `dest`, and `run/aid/model` the
-    AID model `dest`, pointing at it (`"svd": "../tiny-svd"`); refuses to exceed 25 MB in all.
-    """
+    """Package `run`'s last AID stage as the embedded model `dest` (fp16, with a card); its base
+    goes to `<dest>-svd` unless it is that folder already. Refuses to exceed 40 MB in all."""
     run = Path(run)
     report = json.loads(Path(eval_report).read_text())
-    stats = {stage: json.loads((run / stage / "stats.json").read_text()) for stage in ("vae", "base", "aid")}
-    config = json.loads((run / "aid" / "config.json").read_text())
+    stages = stage_folders(run)
+    aid = [f for f in stages if chain_entry(f)["stage"] == "aid"]
+    if not aid:
+        raise ValueError(f"{run} has no finished AID stage to ship")
+    model = aid[-1] / "model"
     base_dest = dest.with_name(f"{dest.name}-svd")
+    spec = json.loads((model / "aid_config.json").read_text())
+    base = Path(spec["svd"]) if Path(spec["svd"]).is_absolute() else model / spec["svd"]
+    copy_base = base.resolve() != base_dest.resolve()
+    continued = chain_entry(stages[0])["init"]
+    chain = []
+    if continued and Path(continued.format(out=stages[0], weights=WEIGHTS_DIR)).resolve() == dest.resolve():
+        chain = earlier_chain(json.loads((dest / "model_card.json").read_text()))
+    chain += [chain_entry(f) for f in stages]
+
     tmp, base_tmp = (d.with_name(d.name + ".tmp") for d in (dest, base_dest))
-    for folder, source in ((tmp, run / "aid" / "model"), (base_tmp, run / "base" / "svd")):
+    staged = [(tmp, model)] + ([(base_tmp, base)] if copy_base else [])
+    for folder, source in staged:
         shutil.rmtree(folder, ignore_errors=True)
         shutil.copytree(source, folder)
         halve_safetensors(folder)
-    spec = json.loads((tmp / "aid_config.json").read_text())
     spec["svd"] = f"../{base_dest.name}"
     (tmp / "aid_config.json").write_text(json.dumps(spec, indent=2))
-    size = sum(p.stat().st_size for d in (tmp, base_tmp) for p in d.rglob("*") if p.is_file())
+    size = sum(p.stat().st_size for d in (tmp, base_tmp if copy_base else base_dest) for p in d.rglob("*")
+               if p.is_file())
     if size > MAX_EMBEDDED_BYTES:
-        shutil.rmtree(tmp)
-        shutil.rmtree(base_tmp)
-        raise ValueError(f"embedded model would be {size / 2**20:.1f} MB, over the 25 MB budget")
+        for folder, _ in staged:
+            shutil.rmtree(folder)
+        raise ValueError(f"embedded model would be {size / 2**20:.1f} MB, over the 40 MB budget")
     card = {
         "name": "tiny",
         "description": "AID on a small SVD-architecture model, trained on the tabletop simulator",
+        "chain": chain,
+        "replay": REPLAY,
         "commands": [
-            f"foresight train tiny --out {run}",
-            f"foresight eval --model {run / 'aid' / 'model'} --episodes {report['variants']['aid']['episodes']} "
-            f"--json {eval_report}",
+            f"foresight eval --model {model} --episodes {report['variants']['aid']['episodes']} --json {eval_report}",
             f"foresight ship --run {run} --eval {eval_report}",
         ],
-        "training_seeds": [0, config["data"]["episodes"]],
         "evaluation_seeds": report["seeds"],
-        "recipe_seed": config["seed"],
-        "commit": _commit(),
-        "training_seconds": {stage: s["seconds"] for stage, s in stats.items()},
+        "training_seconds": round(sum(entry["seconds"] for entry in chain), 1),
         "torch": torch.__version__,
         "size_bytes": size,
         "weights_dtype": "float16 (upcast to float32 on load)",
         "evaluation": report,
     }
     (tmp / "model_card.json").write_text(json.dumps(card, indent=2))
-    for final, staged in ((base_dest, base_tmp), (dest, tmp)):
-        if final.exists() and final.is_dir():
-            readme = final / "README.md"
-            if readme.is_file() and not (staged / "README.md").exists():
-                shutil.copy(readme, staged / "README.md")
-            shutil.rmtree(final)
-        staged.rename(final)
+    for final, folder in ((base_dest, base_tmp), (dest, tmp)):
+        if not folder.exists():
+            continue
+        readme = final / "README.md"
+        if readme.is_file() and not (folder / "README.md").exists():
+            shutil.copy(readme, folder / "README.md")
+        shutil.rmtree(final, ignore_errors=True)
+        folder.rename(final)
     return dest

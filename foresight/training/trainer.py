@@ -16,7 +16,10 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shlex
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -182,11 +185,25 @@ def train(cfg: TrainConfig) -> Path:
             stage.calibrate(calibration_clips(cfg))
         result = stage.write_output(cfg, out)
         stats = {"steps": optim.steps, "seconds": round(seconds_before + time.perf_counter() - run_start, 1),
-                 "final_loss": mean}
+                 "final_loss": mean, "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+                 "commit": source_commit()}
         (out / "stats.json").write_text(json.dumps(stats, indent=2))
         logger.info("wrote %s", result)
     accelerator.end_training()
     return result
+
+
+def source_commit() -> str:
+    """The git commit of this source tree, "+dirty" when it has uncommitted changes; "unknown" outside git."""
+    folder = str(Path(__file__).parent)
+    try:
+        head = subprocess.run(["git", "-C", folder, "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", folder, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
 
 
 def check_replicas(accelerator: Accelerator, params: list[torch.nn.Parameter], step: int) -> None:
