@@ -24,6 +24,7 @@ from foresight.imaging import contact_sheet, fit_frames, write_png
 from foresight.metrics import distance_note, psnr, ssim, video_distances
 from foresight.model_dir import load_model
 from foresight.pipeline import ForesightPipeline
+from foresight.states import make_decomposer
 from foresight.training.data import tabletop_episodes
 from sim_bridge.episode import Episode
 from sim_bridge.readers import EpisodeSource, find_episodes
@@ -47,24 +48,12 @@ VARIANTS = tuple(VARIANT_KNOCKOUTS)
 RECORDED_VARIANTS = tuple(v for v in VARIANTS if v != "aid-paraphrase")  # rewording needs the simulator
 
 
-class NoStates:
-    """The no-states knock-out as the pipeline's decomposer: every state description empty."""
-
-    uses_image = False
-
-    def __init__(self, num_states: int) -> None:
-        self.num_states = num_states
-
-    def __call__(self, instruction: str, image: np.ndarray | None = None) -> list[str]:
-        return [""] * self.num_states
-
-
 def variant_pipeline(spec: str, variant: str) -> ForesightPipeline:
     """A pipeline for one table row, loaded without that row's knocked-out parts."""
     if variant not in VARIANT_KNOCKOUTS:
         raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
     model, card = load_model(spec, knockouts=VARIANT_KNOCKOUTS[variant])
-    decomposer = NoStates(model.config.num_states) if variant == "no-states" else None
+    decomposer = make_decomposer("none", model.config.num_states) if variant == "no-states" else None
     return ForesightPipeline(model, card, decomposer=decomposer)
 
 

@@ -94,7 +94,7 @@ def model_decomposer(spec: str, num_states: int) -> StateDecomposer:
     if spec == "tiny-random" or not config_file.is_file():
         return make_decomposer("template", num_states)
     ref = json.loads(config_file.read_text()).get("states", "template")
-    if ref != "template" and not Path(ref).is_absolute():
+    if ref not in ("template", "none") and not Path(ref).is_absolute():
         ref = str(folder / ref)
     return make_decomposer(ref, num_states)
 

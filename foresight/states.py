@@ -1,10 +1,11 @@
 """State decomposition: the paper's MLLM step, turning an instruction into N_s phase descriptions.
 
-Three pieces behind one call signature `decomposer(instruction, image) -> list[str]`:
+Four pieces behind one call signature `decomposer(instruction, image) -> list[str]`:
 - TemplateDecomposer: deterministic and offline, the default (and what the embedded model
   was trained with);
 - VLMDecomposer: any local transformers image-text-to-text model folder (LLaVA, Qwen-VL), with
   the paper's prompt;
+- EmptyDecomposer: no states at all (the no-states ablation, trained or at inference);
 - CachedDecomposer: a JSON file keyed by instruction (and image hash when the image matters),
   so an expensive VLM runs once per instruction, as the paper did offline.
 """
@@ -169,16 +170,30 @@ class StatesCache:
                            "run `foresight states` over this dataset again") from None
 
 
+class EmptyDecomposer:
+    """Every state description empty: a model trained or evaluated without states (an ablation)."""
+
+    uses_image = False
+
+    def __init__(self, num_states: int) -> None:
+        self.num_states = num_states
+
+    def __call__(self, instruction: str, image: np.ndarray | None = None) -> list[str]:
+        return [""] * self.num_states
+
+
 def make_decomposer(spec: str, num_states: int) -> StateDecomposer:
-    """'template', a JSON file of `foresight states` answers, or a local VLM folder."""
+    """'template', 'none' (no states), a JSON file of `foresight states` answers, or a local VLM folder."""
     if spec == "template":
         return TemplateDecomposer(num_states)
+    if spec == "none":
+        return EmptyDecomposer(num_states)
     path = Path(spec)
     if path.suffix == ".json":
         return StatesCache(path, num_states)
     if path.is_dir():
         return VLMDecomposer(path, num_states)
-    raise ValueError(f"states must be 'template', a .json cache or a VLM folder, got {spec!r}")
+    raise ValueError(f"states must be 'template', 'none', a .json cache or a VLM folder, got {spec!r}")
 
 
 def build_states_cache(instructions_and_frames, decomposer: StateDecomposer, path: str | Path) -> int:

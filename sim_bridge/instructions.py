@@ -8,12 +8,18 @@ sentence). Object names are "<colour> <shape>", e.g. "red block".
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from sim_bridge.tabletop import Task
+
+class TaskWords(Protocol):
+    """What a sentence needs of a task (`sim_bridge.tabletop.Task` has it)."""
+
+    kind: str
+    target: str
+    direction: str | None
+    ref: str | None
 
 # Several wordings per kind, so that what a model learns is tied to the meaning rather than to
 # one verb; none shares a pattern with PARAPHRASES.
@@ -58,7 +64,7 @@ _PARAPHRASE_DIRECTION_WORDS = {
 }
 
 
-def instruction_for(task: Task, rng: np.random.Generator | None = None,
+def instruction_for(task: TaskWords, rng: np.random.Generator | None = None,
                     paraphrase: bool = False) -> str:
     """Render `task` as a sentence; a random pattern with `rng`, else the first (canonical) one."""
     patterns = (PARAPHRASES if paraphrase else TEMPLATES)[task.kind]
@@ -68,7 +74,7 @@ def instruction_for(task: Task, rng: np.random.Generator | None = None,
                           dir=words.get(task.direction, task.direction))
 
 
-def unambiguous_instruction(task: Task) -> str:
+def unambiguous_instruction(task: TaskWords) -> str:
     """The canonical training template, except for put_next_to, whose canonical sentence does
     not say which side: there the training template that does, so no two tasks read alike."""
     if task.kind == "put_next_to":

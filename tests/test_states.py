@@ -5,7 +5,13 @@ import json
 import numpy as np
 import pytest
 
-from foresight.states import CachedDecomposer, TemplateDecomposer, VLMDecomposer, parse_numbered_list
+from foresight.states import (
+    CachedDecomposer,
+    TemplateDecomposer,
+    VLMDecomposer,
+    make_decomposer,
+    parse_numbered_list,
+)
 
 
 def test_template_decomposer_is_deterministic_and_sized():
@@ -17,6 +23,16 @@ def test_template_decomposer_is_deterministic_and_sized():
     assert d("pick up the cup") == d("pick up the cup")
     assert len(set(d("pick up the cup"))) == 4
     assert d("") == ["", "", "", ""]
+
+
+def test_none_gives_empty_states_and_model_folders_keep_it(tmp_path):
+    from foresight.model_dir import model_decomposer
+
+    assert make_decomposer("none", 3)("push the red block left") == ["", "", ""]
+    (tmp_path / "aid_config.json").write_text(json.dumps({"format": 1, "states": "none"}))
+    assert model_decomposer(str(tmp_path), 2)("lift the cup") == ["", ""]
+    with pytest.raises(ValueError, match="'none'"):
+        make_decomposer("nothing", 2)
 
 
 def test_parse_numbered_list():

@@ -103,6 +103,19 @@ def test_clip_windows_keep_stride_within_the_episode():
     assert clip_indices(5, 8, 2, rng).tolist() == [0, 1, 2, 3, 4, 4, 4, 4]
 
 
+def test_ablation_chain_leaves_out_one_part_per_folder():
+    from foresight.training.config import load_jobs
+
+    jobs = {job.out.split("/")[-1]: job for job in load_jobs("tiny-ablations", out="runs/a")}
+    assert list(jobs) == ["full", "no-sentence-token", "no-de", "no-me", "no-states", "no-adapters"]
+    assert len({(j.optim.steps, j.optim.batch, j.seed, j.model.svd) for j in jobs.values()}) == 1
+    full = jobs["full"].model
+    assert full.aid.dqformer.sentence_token and full.states == "template" and full.aid.adapters is not None
+    assert not jobs["no-sentence-token"].model.aid.dqformer.sentence_token
+    assert not jobs["no-de"].model.aid.dqformer.use_de and not jobs["no-me"].model.aid.dqformer.use_me
+    assert jobs["no-states"].model.states == "none" and jobs["no-adapters"].model.aid.adapters is None
+
+
 def test_chain_steps_are_checked(tmp_path):
     import pytest
 

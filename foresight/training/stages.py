@@ -144,7 +144,7 @@ class AIDStage(nn.Module):
         text_encoder = cfg.model.text_encoder
         if not text_encoder.startswith("bundled:"):
             text_encoder = str(cfg.path(text_encoder))
-        states = cfg.model.states if cfg.model.states == "template" else str(cfg.path(cfg.model.states))
+        states = cfg.model.states if cfg.model.states in ("template", "none") else str(cfg.path(cfg.model.states))
         save_model_dir(self.model, folder / "model", svd=str(cfg.path(cfg.model.svd)), text_encoder=text_encoder,
                        states=states)
         return folder / "model"
