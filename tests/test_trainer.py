@@ -218,3 +218,18 @@ def test_continuation_starts_from_a_model_folder_and_adds_the_sentence_token(tmp
     (cfg,) = load_jobs(str(job(tmp_path, svd_folder, "less", model={"init": str(first), "aid": aid})))
     with pytest.raises(ValueError, match="unexpected.*adapters"):
         AIDStage(cfg)
+
+
+def test_validation_scores_simulator_and_recorded_episodes(tmp_path):
+    """The trainer's periodic validation, both sources: metrics in range and a picture of the predictions."""
+    from foresight.model_dir import build_tiny_random
+    from foresight.training.config import ValidationConfig
+    from foresight.training.validation import validate
+
+    model = build_tiny_random()
+    metrics, sheet = validate(model, ValidationConfig(every=1, source="simulator", episodes=2, steps=1), 0)
+    assert set(metrics) == {"follow_rate", "psnr", "ssim"} and 0 <= metrics["follow_rate"] <= 1
+    assert sheet.dtype == np.uint8 and sheet.ndim == 3
+    tree = bridge_tree(tmp_path)
+    metrics, sheet = validate(model, ValidationConfig(every=1, source=str(tree), episodes=2, steps=1), 0)
+    assert set(metrics) == {"psnr", "ssim"} and metrics["psnr"] > 0 and sheet.ndim == 3
