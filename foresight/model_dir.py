@@ -51,7 +51,8 @@ TINY_RANDOM_AID = AIDConfig(
     text_max_length=16,
     steps=4,
     adapters=AdapterConfig(ratio=4, long_term_heads=2),
-    dqformer=DQFormerConfig(width=32, text_dim=384, vision_dim=32, layers=1, heads=2, tokens_per_frame=4),
+    dqformer=DQFormerConfig(width=32, text_dim=384, vision_dim=32, layers=1, heads=2, tokens_per_frame=4,
+                            sentence_token=True),
 )
 
 

@@ -205,8 +205,9 @@ def test_lerobot_dataset_from_the_simulator_trains_through_the_data_path(tmp_pat
 def test_continuation_starts_from_a_model_folder_and_adds_the_sentence_token(tmp_path, svd_folder):
     """Issue 22: a stage continues a finished model (model.init); a part the folder lacks (here the
     sentence token) starts zero-initialised, and a folder with parts this config lacks is refused."""
-    first = run(job(tmp_path, svd_folder, "first"))
     aid = TINY_RANDOM_AID.to_dict()
+    aid["dqformer"]["sentence_token"] = False
+    first = run(job(tmp_path, svd_folder, "first", model={"svd": str(svd_folder), "aid": aid}))
     aid["dqformer"]["sentence_token"] = True
     (cfg,) = load_jobs(str(job(tmp_path, svd_folder, "next", model={"init": str(first), "aid": aid})))
     state = AIDStage(cfg).model.aid_state_dict()
