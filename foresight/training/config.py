@@ -143,10 +143,15 @@ class TrainConfig:
 
     def path(self, value: str) -> Path:
         """A config path with `{out}` and `{weights}` filled in."""
-        return Path(value.format(out=self.out, weights=WEIGHTS_DIR)).resolve()
+        return resolve_path(value, self.out)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def resolve_path(value: str, out: str | Path) -> Path:
+    """A config path with `{out}` (the job's folder) and `{weights}` (the shipped models) filled in."""
+    return Path(value.format(out=out, weights=WEIGHTS_DIR)).resolve()
 
 
 def _build(cls: type, data: Any, where: str) -> Any:

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from foresight.model_dir import EMBEDDED_DIR
-from foresight.training.config import WEIGHTS_DIR
+from foresight.training.config import resolve_path
 
 MAX_EMBEDDED_BYTES = 40 * 1024 * 1024
 REPLAY = "foresight train tiny --out runs/tiny"
@@ -64,7 +64,8 @@ def ship(run: str | Path, eval_report: str | Path, dest: Path = EMBEDDED_DIR) ->
     run = Path(run)
     report = json.loads(Path(eval_report).read_text())
     stages = stage_folders(run)
-    aid = [f for f in stages if chain_entry(f)["stage"] == "aid"]
+    entries = [chain_entry(f) for f in stages]
+    aid = [f for f, entry in zip(stages, entries) if entry["stage"] == "aid"]
     if not aid:
         raise ValueError(f"{run} has no finished AID stage to ship")
     model = aid[-1] / "model"
@@ -72,11 +73,11 @@ def ship(run: str | Path, eval_report: str | Path, dest: Path = EMBEDDED_DIR) ->
     spec = json.loads((model / "aid_config.json").read_text())
     base = Path(spec["svd"]) if Path(spec["svd"]).is_absolute() else model / spec["svd"]
     copy_base = base.resolve() != base_dest.resolve()
-    continued = chain_entry(stages[0])["init"]
+    continued = entries[0]["init"]
     chain = []
-    if continued and Path(continued.format(out=stages[0], weights=WEIGHTS_DIR)).resolve() == dest.resolve():
+    if continued and resolve_path(continued, stages[0]) == dest.resolve():
         chain = earlier_chain(json.loads((dest / "model_card.json").read_text()))
-    chain += [chain_entry(f) for f in stages]
+    chain += entries
 
     tmp, base_tmp = (d.with_name(d.name + ".tmp") for d in (dest, base_dest))
     staged = [(tmp, model)] + ([(base_tmp, base)] if copy_base else [])
