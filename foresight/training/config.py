@@ -63,6 +63,7 @@ class DataConfig:
     folder of recorded episodes in any format `sim_bridge.readers.find_episodes` knows.
     frame_stride: frames between the clip's frames (shortened where an episode is too short).
     workers: DataLoader worker processes per training process.
+    reword: the share of clips whose instruction is reworded (`foresight.training.wording`).
     """
 
     source: str = "simulator"
@@ -71,6 +72,7 @@ class DataConfig:
     camera: int = 0
     frame_stride: int = 1
     workers: int = 0
+    reword: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,8 @@ class TrainConfig:
         for name in ("steps", "batch", "grad_accum"):
             if getattr(self.optim, name) < 1:
                 raise ValueError(f"optim.{name} must be >= 1, got {getattr(self.optim, name)!r}")
+        if not 0 <= self.data.reword <= 1:
+            raise ValueError(f"data.reword is a share of clips in [0, 1], got {self.data.reword!r}")
         if self.checkpoint_every < 1 or self.checkpoints_total_limit < 1:
             raise ValueError("checkpoint_every and checkpoints_total_limit must be >= 1, got "
                              f"{self.checkpoint_every!r}, {self.checkpoints_total_limit!r}")

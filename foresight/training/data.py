@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from foresight.imaging import fit_frames
 from foresight.states import StateDecomposer
+from foresight.training.wording import reword
 from sim_bridge.episode import Episode
 from sim_bridge.tasks import TRAIN_SEEDS
 
@@ -96,9 +97,9 @@ class ClipStream(torch.utils.data.IterableDataset):
 
     def __init__(self, episodes: SimulatorEpisodes | RecordedEpisodes, decomposer: StateDecomposer,
                  num_frames: int, height: int, width: int, stride: int, batch: int, seed: int,
-                 rank: int = 0, world: int = 1, start_batch: int = 0) -> None:
+                 rank: int = 0, world: int = 1, start_batch: int = 0, reword: float = 0.0) -> None:
         super().__init__()
-        self.episodes, self.decomposer = episodes, decomposer
+        self.episodes, self.decomposer, self.reword = episodes, decomposer, reword
         self.num_frames, self.height, self.width, self.stride = num_frames, height, width, stride
         self.batch, self.seed, self.rank, self.world, self.start_batch = batch, seed, rank, world, start_batch
 
@@ -113,7 +114,10 @@ class ClipStream(torch.utils.data.IterableDataset):
         frames = fit_frames(episode.frames[clip_indices(len(episode.frames), self.num_frames, self.stride, rng)],
                             self.height, self.width)
         video = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1
-        return video, episode.instruction, self.decomposer(episode.instruction, frames[0])
+        instruction = episode.instruction
+        if self.reword and rng.random() < self.reword:  # no draw at 0, so older runs replay unchanged
+            instruction = reword(instruction, rng)
+        return video, instruction, self.decomposer(instruction, frames[0])
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, str, list[str]]]:
         info = torch.utils.data.get_worker_info()

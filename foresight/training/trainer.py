@@ -135,7 +135,8 @@ def train(cfg: TrainConfig) -> Path:
     decomposer = make_decomposer(cfg.model.states, cfg.model.aid.num_states)
     aid = cfg.model.aid
     stream = ClipStream(episode_set(cfg), decomposer, aid.num_frames, aid.height, aid.width, cfg.data.frame_stride,
-                        optim.batch, cfg.seed, rank, world, start_batch=start * optim.grad_accum)
+                        optim.batch, cfg.seed, rank, world, start_batch=start * optim.grad_accum,
+                        reword=cfg.data.reword)
     batches = iter(clip_loader(stream, cfg.data.workers))
     accelerator.init_trackers("train", config=_flat(cfg.to_dict()))
 
