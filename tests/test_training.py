@@ -210,6 +210,29 @@ def test_ship_packages_a_continuation_and_keeps_the_chain(tmp_path):
     assert shipped.dqformer is not None and not (tmp_path / "weights" / "tiny.tmp").exists()
 
 
+def test_ship_follows_a_continuation_of_a_continuation_back_to_the_shipped_card(tmp_path):
+    """A stage continued from another run's `model` records that run and what made it, once, whether
+    or not that run was shipped in between."""
+    import json
+
+    from foresight.model_dir import build_tiny_random, save_model_dir
+    from foresight.training.ship import ship
+
+    model = build_tiny_random()
+    dest, base = tmp_path / "weights" / "tiny", tmp_path / "weights" / "tiny-svd"
+    model.svd_components().save_pretrained(base)
+    save_model_dir(model, dest, svd="../tiny-svd", card={"commands": ["foresight train --out r"], "commit": "old",
+                                                          "recipe_seed": 0, "training_seconds": {"aid": 2}})
+    first = _stage_folder(tmp_path / "first", model, base, init=str(dest), seconds=30)
+    second = _stage_folder(tmp_path / "second", model, base, init=str(first / "model"), seconds=20)
+    report = tmp_path / "eval.json"
+    report.write_text(json.dumps({"seeds": [1_000_000, 1_000_004], "variants": {"aid": {"episodes": 4}}}))
+    for _ in range(2):
+        ship(second, report, dest=dest)
+        card = json.loads((dest / "model_card.json").read_text())
+        assert [(e["commit"], e["seconds"]) for e in card["chain"]] == [("old", 2), ("abc", 30), ("abc", 20)]
+
+
 def test_ship_copies_a_chain_runs_own_base(tmp_path):
     import json
 

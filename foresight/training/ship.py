@@ -5,8 +5,9 @@ stage's folder (`foresight train tiny-aid-continue --out RUN`). The shipped AID 
 last AID stage; its base becomes `tiny-svd` unless it already is the shipped one.
 
 The card records what someone needs to reproduce and judge the model: every stage of the chain
-that made it (command, seed, steps, commit, wall time; a continuation of the shipped model keeps
-the stages recorded before it), the command that replays the chain, and the evaluation.
+that made it (command, seed, steps, commit, wall time; a continuation keeps the stages that made
+its starting weights, from the shipped card or from the finished run it continued), the command
+that replays the chain, and the evaluation.
 """
 
 from __future__ import annotations
@@ -58,6 +59,26 @@ def earlier_chain(card: dict) -> list[dict]:
              "commit": card.get("commit", "unknown")} for stage, seconds in card.get("training_seconds", {}).items()]
 
 
+def chain_before(init: str, folder: Path, dest: Path) -> list[dict]:
+    """The stages that made the weights a stage started from (`init`): the shipped model's card
+    chain, or the finished stage whose `model` folder it continued and the stages before that one."""
+    if not init:
+        return []
+    card = dest / "model_card.json"
+    shipped = earlier_chain(json.loads(card.read_text())) if card.is_file() else []
+    path = resolve_path(init, folder)
+    if path == dest.resolve():
+        return shipped
+    stage = path.parent
+    if path.name != "model" or not (stage / "config.json").is_file() or not (stage / "stats.json").is_file():
+        return []
+    for i, entry in enumerate(shipped):  # that stage was shipped already: its card knows what made it
+        if "folder" in entry and Path(entry["folder"]).resolve() == stage.resolve():
+            return shipped[: i + 1]
+    entry = chain_entry(stage)
+    return chain_before(entry["init"], stage, dest) + [entry]
+
+
 def ship(run: str | Path, eval_report: str | Path, dest: Path = EMBEDDED_DIR) -> Path:
     """Package `run`'s last AID stage as the embedded model `dest` (fp16, with a card); its base
     goes to `<dest>-svd` unless it is that folder already. Refuses to exceed 40 MB in all."""
@@ -73,11 +94,7 @@ def ship(run: str | Path, eval_report: str | Path, dest: Path = EMBEDDED_DIR) ->
     spec = json.loads((model / "aid_config.json").read_text())
     base = Path(spec["svd"]) if Path(spec["svd"]).is_absolute() else model / spec["svd"]
     copy_base = base.resolve() != base_dest.resolve()
-    continued = entries[0]["init"]
-    chain = []
-    if continued and resolve_path(continued, stages[0]) == dest.resolve():
-        chain = earlier_chain(json.loads((dest / "model_card.json").read_text()))
-    chain += entries
+    chain = chain_before(entries[0]["init"], stages[0], dest) + entries
 
     tmp, base_tmp = (d.with_name(d.name + ".tmp") for d in (dest, base_dest))
     staged = [(tmp, model)] + ([(base_tmp, base)] if copy_base else [])
