@@ -254,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ship", help="package a trained run as the embedded 'tiny' model (fp16, model card)")
     p.add_argument("--run", required=True,
-                   help="what `foresight train --out` wrote: a chain (tiny) or one stage (tiny-aid-continue)")
+                   help="what `foresight train --out` wrote: a chain (tiny) or one stage (tiny-aid-reword)")
     p.add_argument("--eval", required=True, help="the JSON report of `foresight eval` on that run")
     p.set_defaults(func=cmd_ship)
 

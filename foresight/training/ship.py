@@ -1,7 +1,7 @@
 """Packaging a training run as the embedded model: fp16 weights in the package, a model card.
 
 A run is a chain folder (`foresight train tiny --out RUN`: RUN/vae, RUN/base, RUN/aid, ...) or one
-stage's folder (`foresight train tiny-aid-continue --out RUN`). The shipped AID model is the run's
+stage's folder (`foresight train tiny-aid-reword --out RUN`). The shipped AID model is the run's
 last AID stage; its base becomes `tiny-svd` unless it already is the shipped one.
 
 The card records what someone needs to reproduce and judge the model: every stage of the chain
@@ -69,7 +69,7 @@ def chain_before(init: str, folder: Path, dest: Path) -> list[dict]:
     path = resolve_path(init, folder)
     if path == dest.resolve():
         return shipped
-    stage = path.parent
+    stage = path.parent.relative_to(Path.cwd()) if path.parent.is_relative_to(Path.cwd()) else path.parent
     if path.name != "model" or not (stage / "config.json").is_file() or not (stage / "stats.json").is_file():
         return []
     for i, entry in enumerate(shipped):  # that stage was shipped already: its card knows what made it
