@@ -45,7 +45,8 @@ def stage_folders(run: Path) -> list[Path]:
 def chain_entry(folder: Path) -> dict:
     config = json.loads((folder / "config.json").read_text())
     stats = json.loads((folder / "stats.json").read_text())
-    return {"stage": config["stage"], "command": stats.get("command"), "folder": str(folder),
+    shown = folder.relative_to(Path.cwd()) if folder.is_absolute() and folder.is_relative_to(Path.cwd()) else folder
+    return {"stage": config["stage"], "command": stats.get("command"), "folder": str(shown),
             "seed": config["seed"], "steps": stats["steps"],
             "batch": config["optim"]["batch"], "seconds": stats["seconds"], "commit": stats.get("commit", "unknown"),
             "init": config["model"].get("init", ""), "svd": config["model"]["svd"]}
@@ -59,24 +60,23 @@ def earlier_chain(card: dict) -> list[dict]:
              "commit": card.get("commit", "unknown")} for stage, seconds in card.get("training_seconds", {}).items()]
 
 
-def chain_before(init: str, folder: Path, dest: Path) -> list[dict]:
-    """The stages that made the weights a stage started from (`init`): the shipped model's card
-    chain, or the finished stage whose `model` folder it continued and the stages before that one."""
+def chain_before(init: str, folder: Path, dest: Path, shipped: list[dict]) -> list[dict]:
+    """The stages that made the weights a stage started from (`init`): `shipped` (the chain on
+    `dest`'s card) when it is `dest`, or the finished stage whose `model` folder it continued and
+    the stages before that one."""
     if not init:
         return []
-    card = dest / "model_card.json"
-    shipped = earlier_chain(json.loads(card.read_text())) if card.is_file() else []
     path = resolve_path(init, folder)
     if path == dest.resolve():
         return shipped
-    stage = path.parent.relative_to(Path.cwd()) if path.parent.is_relative_to(Path.cwd()) else path.parent
+    stage = path.parent
     if path.name != "model" or not (stage / "config.json").is_file() or not (stage / "stats.json").is_file():
         return []
     for i, entry in enumerate(shipped):  # that stage was shipped already: its card knows what made it
-        if "folder" in entry and Path(entry["folder"]).resolve() == stage.resolve():
+        if "folder" in entry and Path(entry["folder"]).resolve() == stage:
             return shipped[: i + 1]
     entry = chain_entry(stage)
-    return chain_before(entry["init"], stage, dest) + [entry]
+    return chain_before(entry["init"], stage, dest, shipped) + [entry]
 
 
 def ship(run: str | Path, eval_report: str | Path, dest: Path = EMBEDDED_DIR) -> Path:
@@ -94,7 +94,9 @@ def ship(run: str | Path, eval_report: str | Path, dest: Path = EMBEDDED_DIR) ->
     spec = json.loads((model / "aid_config.json").read_text())
     base = Path(spec["svd"]) if Path(spec["svd"]).is_absolute() else model / spec["svd"]
     copy_base = base.resolve() != base_dest.resolve()
-    chain = chain_before(entries[0]["init"], stages[0], dest) + entries
+    card_path = dest / "model_card.json"
+    shipped = earlier_chain(json.loads(card_path.read_text())) if card_path.is_file() else []
+    chain = chain_before(entries[0]["init"], stages[0], dest, shipped) + entries
 
     tmp, base_tmp = (d.with_name(d.name + ".tmp") for d in (dest, base_dest))
     staged = [(tmp, model)] + ([(base_tmp, base)] if copy_base else [])
