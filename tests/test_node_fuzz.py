@@ -1,57 +1,36 @@
 """Malformed messages thrown at a live node: each gets an error reply, the node never dies.
 
-Every generated request is invalid before the model is reached, so this is fast; a valid request
-served by load_pipeline("tiny-random") at the end shows the node survived.
+Every generated request is invalid before the model is reached, so this is fast; the run's one
+live node (tests/conftest.py) answers a valid request at the end, so it survived.
 """
 
 from __future__ import annotations
 
 import math
-import threading
-from typing import Any, Iterator
+from typing import Any
 
 import cv2
 import msgpack
 import numpy as np
 import pytest
-import torch
 import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from foresight.node import wire
 from foresight.node.protocol import ErrorCode
-from foresight.node.server import NodeServer, ServerConfig
-from foresight.pipeline import load_pipeline
 
 N, K = 8, 1  # tiny-random: clip length and context frames
 REPLY_TIMEOUT_MS = 10_000  # validation replies; generous because CI machines are shared
-MODEL_TIMEOUT_MS = 120_000
 CODES = {value for key, value in vars(ErrorCode).items() if key.isupper()}
 INT_MIN, INT_MAX = -(2**63), 2**64 - 1  # what msgpack can carry
 FUZZ = settings(max_examples=1000, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
 
 
 @pytest.fixture(scope="module")
-def socket() -> Iterator[zmq.Socket]:
-    torch.set_num_threads(1)  # on a shared small CPU, spinning OpenMP threads slow the model a hundredfold
-    pipe = load_pipeline("tiny-random")
-    assert (pipe.num_frames, pipe.context_frames) == (N, K)
-    server = NodeServer(pipe, ServerConfig(bind="tcp://127.0.0.1:*", max_message_bytes=2**20))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(server.endpoint)
-    yield sock
-    sock.send(wire.packb({"method": "predict", "id": "valid", "frames": np.zeros((K, 30, 40, 3), np.uint8),
-                          "instruction": ["a", "b"], "steps": 1, "num_frames": 2}))
-    reply = exchange_reply(sock, MODEL_TIMEOUT_MS)
-    assert reply["ok"] and reply["id"] == "valid" and reply["frames"].shape == (2, 1, pipe.height, pipe.width, 3)
-    sock.close()
-    server.stop()
-    thread.join(timeout=10)
-    assert not thread.is_alive()
+def socket(live_node) -> zmq.Socket:
+    """The run's one live node (tests/conftest.py): tiny-random, 1 MiB messages at most."""
+    return live_node.socket
 
 
 def exchange_reply(sock: zmq.Socket, timeout_ms: int = REPLY_TIMEOUT_MS) -> dict:

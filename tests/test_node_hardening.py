@@ -7,8 +7,8 @@ a node that would serve strangers refuses to start.
 
 from __future__ import annotations
 
+import inspect
 import os
-import re
 import subprocess
 import sys
 import threading
@@ -24,11 +24,13 @@ import torch
 import zmq
 import zmq.auth
 
+from bench import unread
 from foresight.node import wire
 from foresight.node.process import SERVE_PROGRAM, free_port
 from foresight.node.protocol import ErrorCode
 from foresight.node.server import NodeServer, ServerConfig
 from foresight.pipeline import load_pipeline
+from test_replay import Echo
 
 K = 1  # tiny-random's context frames
 FAST = {"steps": 1, "num_frames": 2}
@@ -137,11 +139,6 @@ def test_whole_message_size_and_frame_count_are_limited(pipe) -> None:
         thread.join(timeout=30)
 
 
-def rss_mib(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
-
-
 @pytest.mark.slow
 def test_memory_is_flat_over_repeated_adversarial_rounds() -> None:
     endpoint = f"tcp://127.0.0.1:{free_port()}"
@@ -156,12 +153,40 @@ def test_memory_is_flat_over_repeated_adversarial_rounds() -> None:
             for parts in messages:
                 reply = exchange(socket, parts)
                 assert reply["ok"] == (reply["id"] in (3, 7)), reply  # a health with ignored junk, the PNG
-            rss.append(rss_mib(proc.pid))
+            rss.append(unread.rss_mib(proc.pid))
     finally:
         socket.close()
         proc.terminate()
         proc.wait(30)
     assert rss[2] - rss[0] < 50, rss
+
+
+UNREAD_NODE = f"""
+import sys, time
+import numpy as np
+from foresight.node.server import ServerConfig, serve
+{inspect.getsource(Echo)}
+serve(Echo(), ServerConfig(bind=sys.argv[1], max_queue=1000))
+"""
+
+
+def test_clients_that_never_read_leave_no_memory_behind(tmp_path: Path) -> None:
+    """Rounds of 400 pipelined requests (504 KiB replies) that are never read: RSS ends where round one did.
+
+    The model is the instant stand-in, so the rounds cost the node's front and ZeroMQ only; the
+    same measurement against a real model is `python -m bench.unread`.
+    """
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    proc = subprocess.Popen([sys.executable, "-c", UNREAD_NODE, endpoint], stderr=open(tmp_path / "node.log", "w"))
+    try:
+        rounds = unread.measure(endpoint, rounds=3, requests=400, instructions=6)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert rounds.reply_bytes == 516_096
+    assert rounds.growth_mib < 50, rounds
+    assert 0 < rounds.dropped_replies < 3 * 400, rounds  # bounded per connection: most unread replies are not held
+    assert rounds.errors_by_code == {}, rounds
 
 
 def test_unencodable_id_is_refused_with_timing(client) -> None:

@@ -157,3 +157,43 @@ def test_not_a_map() -> None:
     with pytest.raises(NodeError) as info:
         parse_request([1, 2], SPEC)
     assert info.value.code == ErrorCode.NOT_A_MAP
+
+
+def array_map(shape: object, data: bytes = b"", dtype: str = "|u1") -> dict:
+    return {b"__ndarray__": True, b"data": data, b"dtype": dtype, b"shape": shape}
+
+
+@pytest.mark.parametrize("shape,words", [
+    ([0, 2**64 - 1, 1, 3], "spans more than"),  # issue 35: numpy's reshape raised ValueError and ended the node
+    ([0] + [2**40] * 3, "spans more than"),
+    ([0, -(2**63)], "must not be negative"),
+    ([2**31, 0], "spans more than"),
+    ([0, 1, 2, 3, 4], "at most 4 dimensions"),
+    ([True, 1, 1, 3], "integer sizes"),
+    ([1.0, 1, 1, 3], "integer sizes"),
+    ("1,1,1,3", "integer sizes"),
+])
+def test_shapes_are_checked_before_numpy_sees_them(shape: object, words: str) -> None:
+    message = msgpack.packb({"frames": array_map(shape)})
+    with pytest.raises(NodeError) as caught:
+        wire.decode_fields(wire.unpack_plain(message), {"frames": 4}, wire.DecodeLimits(max_bin_bytes=2**26))
+    assert caught.value.code == ErrorCode.BAD_SHAPE and words in caught.value.message and "'frames'" in caught.value.message
+
+
+def test_zero_sized_arrays_within_bounds_still_decode() -> None:
+    decoded = wire.decode_fields({"frames": array_map([0, 2**20, 4, 3])}, {"frames": 4}, wire.DecodeLimits(max_bin_bytes=2**26))
+    assert decoded["frames"].shape == (0, 2**20, 4, 3)
+
+
+def test_fields_that_take_no_arrays_refuse_them_by_rank() -> None:
+    with pytest.raises(NodeError) as caught:
+        wire.decode_fields({"seed": array_map([2], b"\0\0")}, {"seed": 0})
+    assert caught.value.code == ErrorCode.BAD_SHAPE and "'seed' takes arrays of at most 0 dimensions" in caught.value.message
+    assert wire.decode_fields({"seed": array_map([], b"\x05")}, {"seed": 0})["seed"] == 5
+
+
+@pytest.mark.parametrize("dtype", ["(99999999999)u1", "U99999999999", "M8[zz]", "i4" * 8])
+def test_any_dtype_parse_failure_is_bad_dtype(dtype: str) -> None:
+    with pytest.raises(NodeError) as caught:
+        wire.unpackb(msgpack.packb(array_map([1], b"\0", dtype)))
+    assert caught.value.code in (ErrorCode.BAD_DTYPE, ErrorCode.BAD_SHAPE)

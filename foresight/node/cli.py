@@ -10,13 +10,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from foresight.logs import setup_logging
+from foresight.node.process import SERVE_PROGRAM
 from foresight.node.server import (
     DEFAULT_BIND,
     DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_MAX_UNREAD_REPLIES,
     ServerConfig,
     curve_keys,
     serve,
 )
+from foresight.node.supervise import supervise
 from foresight.node.worker import (
     DEFAULT_MAX_BATCH,
     DEFAULT_MAX_QUEUE,
@@ -27,6 +30,7 @@ from foresight.node.worker import (
 log = logging.getLogger(__name__)
 
 DTYPES = ("fp32", "bf16", "fp16")
+RESTART_POLICIES = ("no", "on-failure")
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,6 +46,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="larger messages are refused by ZeroMQ (peer disconnected)")
     parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, help="samples per model call")
     parser.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE, help="queued requests before OVERLOADED")
+    parser.add_argument("--max-unread-replies", type=int, default=DEFAULT_MAX_UNREAD_REPLIES,
+                        help="replies held for a client that does not read them; later ones are dropped (default %(default)s)")
     parser.add_argument("--curve-secret", type=Path, default=None, help="server certificate with secret key (zmq.auth)")
     parser.add_argument("--curve-clients", type=Path, default=None, help="folder of allowed client public keys")
     parser.add_argument("--insecure", action="store_true",
@@ -49,6 +55,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=DTYPES, default="fp32", help="model weights and activations (default fp32)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the UNet; one warm-up prediction runs before the node answers")
+    parser.add_argument("--restart", choices=RESTART_POLICIES, default="no",
+                        help="on-failure: run the node in a child process and start it again whenever it crashes "
+                             "(as systemd's Restart=on-failure; docs/foresight-node.service) (default %(default)s)")
     ray = parser.add_argument_group("Ray Serve (foresight[ray]): the model in replicas, this node as their front")
     ray.add_argument("--ray", default=None, metavar="ADDRESS|local",
                      help="serve through Ray Serve: a cluster address (ray://host:10001 or auto), or 'local' to start one here")
@@ -68,6 +77,7 @@ def run_serve(args: argparse.Namespace) -> int:
         max_message_bytes=int(args.max_message_mb * 2**20),
         max_queue=args.max_queue,
         max_batch=args.max_batch,
+        max_unread_replies=args.max_unread_replies,
         curve_secret_file=args.curve_secret,
         curve_clients_dir=args.curve_clients,
         insecure=args.insecure,
@@ -78,6 +88,8 @@ def run_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"foresight serve: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None  # an exit status, whichever entry point called this
+    if args.restart == "on-failure":
+        return supervise([sys.executable, "-c", SERVE_PROGRAM, *serve_argv(args)])
     if args.ray is not None:
         return serve_through_ray(args, config)
     # Load on a short-lived thread so the main thread never owns an OpenMP pool. Pools are per
@@ -85,9 +97,27 @@ def run_serve(args: argparse.Namespace) -> int:
     # threads than cores and throttles its spin-waiting, and every small op pays a wake-up
     # (25 steps of the embedded model: 3.6 s instead of 2.2 s). A pool goes away with its thread.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="foresight-load") as loader:
-        predictor = loader.submit(load_predictor, args).result()
+        try:
+            predictor = loader.submit(load_predictor, args).result()
+        except FileNotFoundError as exc:  # no such model or engine folder: a restart would not help
+            print(f"foresight serve: error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
     serve(predictor, config)
     return 0
+
+
+def serve_argv(args: argparse.Namespace) -> list[str]:
+    """The `foresight serve` options that give `args` again, less --restart: a supervised child's command line."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_serve_arguments(parser)
+    argv: list[str] = []
+    for action in parser._actions:
+        value = getattr(args, action.dest, action.default)
+        if not action.option_strings or action.dest == "restart" or value == action.default:
+            continue
+        flag = max(action.option_strings, key=len)
+        argv += [flag] if action.nargs == 0 else [flag, str(value)]
+    return argv
 
 
 def check_ray_arguments(args: argparse.Namespace) -> None:

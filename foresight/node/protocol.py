@@ -17,6 +17,7 @@ import numpy as np
 PROTOCOL_VERSION = 1
 METHODS = ("predict", "info", "health")
 FIELDS = ("method", "id", "frames", "instruction", "num_frames", "steps", "guidance", "seed", "encoding", "deadline")
+ARRAY_RANKS = {field: 4 if field == "frames" else 0 for field in FIELDS}  # frames (K, H, W, 3); elsewhere scalars only
 ENCODINGS = ("raw", "jpeg")
 MAX_SEED = 2**32 - 1  # numpy and torch generators both accept this range
 QUOTE_CHARS = 80  # error messages quote at most this much of a bad value
@@ -39,6 +40,7 @@ class ErrorCode:
     TOO_LARGE = "TOO_LARGE"
     TIMEOUT = "TIMEOUT"
     MODEL_ERROR = "MODEL_ERROR"
+    INTERNAL = "INTERNAL"  # the node's own code failed on this message; logged with the incident number
     OVERLOADED = "OVERLOADED"
     SHUTTING_DOWN = "SHUTTING_DOWN"
     UNAVAILABLE = "UNAVAILABLE"  # client side only: no reply after all retries

@@ -31,6 +31,7 @@ from foresight.node.worker import (
     DEFAULT_MAX_BATCH,
     DEFAULT_MAX_QUEUE,
     SHUTTING_DOWN_MESSAGE,
+    Incidents,
     Job,
     JobResult,
     LocalWorker,
@@ -87,9 +88,14 @@ class ForesightReplica:
         """Run one job: frames (K, H, W, 3) uint8, instructions, seeds, settings, deadline."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[JobResult] = loop.create_future()
-        job = Job(request["frames"], tuple(request["instructions"]), tuple(request["seeds"]), Settings(**request["settings"]),
-                  request["deadline"], lambda job, result: loop.call_soon_threadsafe(done.set_result, result))
-        self.worker.submit(job)  # NodeError (OVERLOADED) travels back to the front as a RayTaskError
+        try:
+            job = Job(request["frames"], tuple(request["instructions"]), tuple(request["seeds"]), Settings(**request["settings"]),
+                      request["deadline"], lambda job, result: loop.call_soon_threadsafe(done.set_result, result))
+            self.worker.submit(job)  # NodeError (OVERLOADED) travels back to the front as a RayTaskError
+        except NodeError:
+            raise
+        except Exception as exc:  # the front sent a job this replica cannot read: INTERNAL, logged here
+            raise self.worker.incidents.record(exc, "taking a job in a replica") from None
         result = await done
         error = None if result.error is None else {"code": result.error.code, "message": result.error.message}
         return {"frames": result.frames, "error": error, "queue_s": result.queue_s, "infer_s": result.infer_s,
@@ -146,6 +152,7 @@ class RayWorker:
         self._inflight = 0
         self._accepting = True
         self._retried = 0
+        self.incidents = Incidents()
         self._replicas: dict[str, dict] = {first["replica"]: {"pid": first["pid"], "node": first["node"], "served": 0,
                                                                "backend": _backend_name(first["card"])}}
         self._pool = ThreadPoolExecutor(max_inflight, thread_name_prefix="foresight-ray")
@@ -160,7 +167,12 @@ class RayWorker:
             if self._inflight >= self.max_inflight:
                 raise NodeError(ErrorCode.OVERLOADED, f"{self._inflight} requests already in flight; retry later")
             self._inflight += 1
-        self._pool.submit(self._run, job)
+        try:
+            self._pool.submit(self._run, job)
+        except RuntimeError:  # the pool has shut down: the front is closing
+            with self._lock:
+                self._inflight -= 1
+            raise NodeError(ErrorCode.SHUTTING_DOWN, SHUTTING_DOWN_MESSAGE) from None
 
     def describe(self) -> dict:
         with self._lock:
@@ -189,13 +201,14 @@ class RayWorker:
     def _run(self, job: Job) -> None:
         try:
             result = self._call(job)
-        except Exception as exc:  # a failure of Ray itself still answers the request
-            log.exception("Ray Serve call failed")
-            result = JobResult(None, NodeError(ErrorCode.MODEL_ERROR, f"{type(exc).__name__}: {exc}"),
-                               time.perf_counter() - job.queued_at, 0.0, 0, {})
+        except Exception as exc:  # anything unforeseen from Ray or from this code still answers the request
+            result = self._failed(job, self.incidents.record(exc, "calling the Ray deployment", job.instructions))
         with self._lock:
             self._inflight -= 1
-        job.on_done(job, result)
+        try:
+            job.on_done(job, result)
+        except Exception as exc:
+            self.incidents.record(exc, "handing a result to its reply (that request gets no reply)", job.instructions)
 
     def _call(self, job: Job) -> JobResult:
         request = {"frames": job.frames, "instructions": list(job.instructions), "seeds": list(job.seeds),

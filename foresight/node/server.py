@@ -5,7 +5,10 @@ validates and decodes requests, submits jobs, and sends the replies that the wor
 callbacks leave in its outbox (ZeroMQ sockets are not thread-safe, so only the front's thread
 touches the socket; a wake-up pipe tells it a reply is waiting).
 
-One slow message must never stall the others: the front itself decodes only messages of at
+No message may stop the node: whatever one message does while it is decoded, validated, resized,
+queued, run or encoded, it gets a reply, with its own error code where the node can tell what is
+wrong and `INTERNAL` (logged under an incident number, no trace on the wire) where the node's own
+code failed. One slow message must never stall the others: the front itself decodes only messages of at
 most `INLINE_BYTES` (health, info, small requests: bounded by their size), and hands larger ones
 to a few intake threads, with the bytes waiting there capped. Decoding is bounded in what it may
 allocate (`wire.DecodeLimits`) and images are sized from their headers before being decoded.
@@ -19,6 +22,7 @@ import queue
 import signal
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,10 +35,10 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
-from foresight.node import wire
+from foresight.node import memory, wire
 from foresight.node.images import encode_jpeg, prepare_frames
 from foresight.node.protocol import (
-    FIELDS,
+    ARRAY_RANKS,
     PROTOCOL_VERSION,
     ErrorCode,
     Limits,
@@ -44,6 +48,7 @@ from foresight.node.protocol import (
     error_reply,
     ok_reply,
     parse_request,
+    quote,
     request_id,
 )
 from foresight.node.worker import (
@@ -69,7 +74,9 @@ CLOSE_LINGER_MS = 2000  # time given to the last replies to leave on shutdown
 INLINE_BYTES = 64 * 2**10  # bodies this small are decoded on the front's own thread
 INTAKE_THREADS = 2  # threads decoding larger messages (images, raw frames)
 INTAKE_MESSAGES = 2  # maximal messages that may wait for or be in intake before OVERLOADED
-DECODE_LIMITS = wire.DecodeLimits()
+TRIM_EVERY_S = 2.0  # with no work in the node, freed memory goes back to the system this often (foresight.node.memory)
+DROP_WARN_EVERY_S = 10.0  # dropped replies are counted each, and logged at most this often
+DEFAULT_MAX_UNREAD_REPLIES = 16  # replies held for one client that does not read them; later ones are dropped
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,7 @@ class ServerConfig:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES  # the whole multipart message
     max_queue: int = DEFAULT_MAX_QUEUE
     max_batch: int = DEFAULT_MAX_BATCH
+    max_unread_replies: int = DEFAULT_MAX_UNREAD_REPLIES  # per connection (ZeroMQ's send high-water mark)
     drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S
     limits: Limits = Limits()
     curve_secret_file: Path | None = None  # server certificate with its secret key (zmq.auth format)
@@ -138,6 +146,11 @@ class NodeServer:
         self._stopping = threading.Event()
         self._started = time.time()
         self._served = 0
+        self._dropped = 0
+        self._drop_warned = -DROP_WARN_EVERY_S
+        self._errors_by_code: Counter[str] = Counter()
+        self._incidents = self._worker.incidents  # one numbering for the front's incidents and the worker's
+        self._decode_limits = wire.DecodeLimits(max_bin_bytes=config.max_message_bytes)
         self._intake = ThreadPoolExecutor(INTAKE_THREADS, thread_name_prefix="foresight-intake")
         self._intake_lock = threading.Lock()
         self._intake_bytes = 0
@@ -147,6 +160,8 @@ class NodeServer:
         self._socket = self._ctx.socket(zmq.ROUTER)
         self._socket.setsockopt(zmq.MAXMSGSIZE, config.max_message_bytes)  # per frame; the whole message is checked below
         self._socket.setsockopt(zmq.LINGER, CLOSE_LINGER_MS)
+        self._socket.setsockopt(zmq.SNDHWM, config.max_unread_replies)
+        self._socket.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a reply that cannot be queued raises, so it is counted
         if keys is not None:
             self._setup_curve(*keys, config.curve_clients_dir)
         elif not is_loopback(config.bind):
@@ -189,9 +204,13 @@ class NodeServer:
         poller.register(self._socket, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
         drain_until = None
+        trimmed = time.monotonic()
         try:
             while True:
                 events = dict(poller.poll(POLL_MS))
+                if not events and time.monotonic() - trimmed > TRIM_EVERY_S and self.pending == 0:
+                    memory.trim()  # idle: hand back what replies, frames and closed connections freed
+                    trimmed = time.monotonic()
                 if self._wake_r in events:
                     self._clear_wake()
                 self._flush_replies()
@@ -252,20 +271,38 @@ class NodeServer:
             self._admit(parts, time.perf_counter())
 
     def _send(self, envelope: list[bytes], reply: dict) -> None:
-        try:
-            body = wire.packb(reply)
-        except (TypeError, ValueError, OverflowError) as exc:
-            log.error("could not encode reply to %r: %s", reply.get("id"), exc)
-            error = NodeError(ErrorCode.BAD_TYPE, f"reply not encodable: {exc}")
-            body = wire.packb(error_reply(reply.get("id"), error) | {"timing": reply.get("timing", {})})
+        body, code = self._encode(reply)
+        if code is not None:
+            self._errors_by_code[code] += 1
         try:
             self._socket.send_multipart(envelope + [body], zmq.NOBLOCK)
-        except zmq.Again:
-            log.warning("dropped a reply: client %r is not reading", envelope[0])
+        except zmq.ZMQError as exc:  # the client has gone, or has max_unread_replies replies unread
+            self._dropped += 1
+            if time.monotonic() - self._drop_warned > DROP_WARN_EVERY_S:
+                log.warning("dropped the reply to %s for client %r, which has gone or has %d replies unread (%s); "
+                            "%d replies dropped since start", quote(reply.get("id")), envelope[0],
+                            self.config.max_unread_replies, exc.strerror, self._dropped)
+                self._drop_warned = time.monotonic()
         self._served += 1
 
+    def _encode(self, reply: dict) -> tuple[bytes, str | None]:
+        """The reply's bytes and its error code (None for success); an unencodable reply becomes INTERNAL."""
+        try:
+            return wire.packb(reply), None if reply["ok"] else reply["error"]["code"]
+        except Exception as exc:
+            error = self._incidents.record(exc, "encoding the reply", reply.get("id"))
+            timing = {key: value for key, value in reply.get("timing", {}).items() if type(value) in (int, float)}
+            return wire.packb(error_reply(request_id(reply), error) | {"timing": timing}), error.code
+
+    def _refusal(self, rid: Any, exc: Exception, doing: str) -> dict:
+        """The error reply to one message for any exception raised while handling it."""
+        if isinstance(exc, NodeError):
+            log.debug("refused request %s: %s", quote(rid), exc)
+            return error_reply(rid, exc)
+        return error_reply(rid, self._incidents.record(exc, doing, rid))
+
     def _admit(self, parts: list[zmq.Frame], received: float) -> None:
-        """Check a message's frames and size; decode it here if small, else in intake."""
+        """One message, whatever it holds: answered here, handed to intake, or submitted; never raises."""
         split = 2 if len(parts) > 2 and len(parts[1]) == 0 else 1  # REQ puts an empty delimiter first
         envelope, body = [p.bytes for p in parts[:split]], parts[split:]
         size = sum(len(p) for p in parts)
@@ -286,33 +323,37 @@ class NodeServer:
                     raise NodeError(ErrorCode.OVERLOADED, f"{self._intake_count} large messages are being decoded; retry later")
                 self._intake_bytes += size
                 self._intake_count += 1
-            self._intake.submit(self._decode_in_intake, envelope, data, size, received)
-        except NodeError as exc:
-            self._send(envelope, _timed(error_reply(None, exc), received))
+            try:
+                self._intake.submit(self._decode_in_intake, envelope, data, size, received)
+            except BaseException:
+                self._intake_done(size)
+                raise
+        except Exception as exc:
+            self._send(envelope, _timed(self._refusal(None, exc, "admitting a message"), received))
 
     def _decode_in_intake(self, envelope: list[bytes], data: memoryview, size: int, received: float) -> None:
         try:
             reply = self._decode(envelope, data, received)
-        except Exception as exc:  # a bug must still answer, so a REQ client is not left waiting
-            log.exception("could not decode a request")
-            reply = _timed(error_reply(None, NodeError(ErrorCode.MODEL_ERROR, f"the node failed on this request: {exc}")), received)
         finally:
             del data  # let ZeroMQ's buffer go before the byte count says it has
-            with self._intake_lock:
-                self._intake_bytes -= size
-                self._intake_count -= 1
+            self._intake_done(size)
         if reply is not None:
             self._post(envelope, reply)
         else:
             self._wake()  # the drain loop may be waiting for intake to empty
 
+    def _intake_done(self, size: int) -> None:
+        with self._intake_lock:
+            self._intake_bytes -= size
+            self._intake_count -= 1
+
     def _decode(self, envelope: list[bytes], data: memoryview, received: float) -> dict | None:
-        """Decode and validate one body; submit a predict job (None) or return the reply to send."""
+        """Decode and validate one body; submit a predict job (None) or return the reply to send. Never raises."""
         rid = None
         try:
-            message = wire.unpack_plain(data, DECODE_LIMITS)
+            message = wire.unpack_plain(data, self._decode_limits)
             rid = request_id(message)  # a plain id is echoed even if a numpy field below is refused
-            message = wire.decode_fields(message, FIELDS)
+            message = wire.decode_fields(message, ARRAY_RANKS, self._decode_limits)
             rid = request_id(message)
             request = parse_request(message, self.spec, self.config.limits)
             if isinstance(request, MetaRequest):
@@ -321,9 +362,8 @@ class NodeServer:
                 raise NodeError(ErrorCode.SHUTTING_DOWN, SHUTTING_DOWN_MESSAGE)
             self._worker.submit(self._job(request, envelope, received))
             return None
-        except NodeError as exc:
-            log.debug("refused request %r: %s", rid, exc)
-            return _timed(error_reply(rid, exc), received)
+        except Exception as exc:
+            return _timed(self._refusal(rid, exc, "reading a request"), received)
 
     def _job(self, request: PredictRequest, envelope: list[bytes], received: float) -> Job:
         if request.deadline is not None and request.deadline < time.time():
@@ -342,8 +382,7 @@ class NodeServer:
             try:
                 reply = self._predict_reply(request, result, received, decode_s)
             except Exception as exc:  # e.g. JPEG encoding failed: still answer, so a REQ client is not left waiting
-                log.exception("could not build the reply to %r", request.id)
-                reply = error_reply(request.id, NodeError(ErrorCode.MODEL_ERROR, f"reply failed: {exc}"))
+                reply = _timed(self._refusal(request.id, exc, "building the reply"), received)
             self._post(envelope, reply)
 
         return Job(frames, request.instructions, request.seeds, settings, request.deadline, on_done)
@@ -359,22 +398,29 @@ class NodeServer:
         timing["total_s"] = time.perf_counter() - received
         return ok_reply(request.id, frames=frames, size=[self.spec.height, self.spec.width], timing=timing, model=result.model)
 
+    def errors(self) -> dict:
+        """What went wrong since start: error replies by code, incidents of the node's own code, dropped replies."""
+        return {"errors_by_code": dict(self._errors_by_code), "internal_errors": self._incidents.count,
+                "dropped_replies": self._dropped}
+
     def _meta_reply(self, request: MetaRequest, received: float) -> dict:
         if request.method == "health":
-            fields = self._worker.health() | {
+            fields = self._worker.health() | self.errors() | {
                 "status": "draining" if self._stopping.is_set() else "ok",
                 "pending": self.pending,
                 "uptime_s": time.time() - self._started,
                 "served": self._served,
+                "pid": os.getpid(),
             }
         else:
-            fields = self._worker.describe() | {
+            fields = self._worker.describe() | self.errors() | {
                 "size": [self.spec.height, self.spec.width],
                 "num_frames": self.spec.num_frames,
                 "context_frames": self.spec.context_frames,
                 "defaults": dict(self._worker.defaults),
                 "limits": asdict(self.config.limits),
                 "max_message_bytes": self.config.max_message_bytes,
+                "max_unread_replies": self.config.max_unread_replies,
                 "protocol": PROTOCOL_VERSION,
                 "versions": {"pyzmq": zmq.__version__, "libzmq": zmq.zmq_version(), "msgpack": ".".join(map(str, msgpack.version)),
                              "numpy": np.__version__, "opencv": cv2.__version__},

@@ -10,14 +10,18 @@ bytes would treat peer data as pointers. Imports numpy and msgpack only.
 
 Decoding is bounded (`DecodeLimits`): what one message may make the decoder allocate is capped
 by item counts, not only by its byte size, since 24 MiB of nils would otherwise become 24 million
-list slots. A decoding error says what is wrong in the protocol's terms, not msgpack's.
+list slots. An array's shape is checked before numpy sees it: at most the rank its field allows,
+every size a plain non-negative int, and the elements it could address (zero sizes counted as one)
+within `max_bin_bytes`, so no shape, however large, zero-sized or deep, reaches numpy's own
+limits. A decoding error says what is wrong in the protocol's terms, not msgpack's or numpy's.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
-from typing import Any, Collection
+from typing import Any, Mapping
 
 import msgpack
 import numpy as np
@@ -65,18 +69,20 @@ def unpackb(data: bytes, limits: DecodeLimits = DecodeLimits()) -> Any:
     Raise NodeError (BAD_MSGPACK, BAD_DTYPE, BAD_SHAPE, BAD_TYPE) on anything malformed.
     Arrays come back read-only over the decoded binary.
     """
-    return decode_numpy(unpack_plain(data, limits))
+    return decode_numpy(unpack_plain(data, limits), limits)
 
 
-def decode_fields(message: Any, fields: Collection[str]) -> Any:
+def decode_fields(message: Any, ranks: Mapping[str, int], limits: DecodeLimits = DecodeLimits()) -> Any:
     """Numpy values only inside the named fields of a decoded request map (how the node reads one).
 
-    Unknown fields stay plain msgpack values and cost no numpy work; a top-level map is always
-    the request itself, even when it has an `__ndarray__` key.
+    ranks: field -> the most dimensions an array in it may have. Unknown fields stay plain msgpack
+    values and cost no numpy work; a top-level map is always the request itself, even when it has
+    an `__ndarray__` key.
     """
     if not isinstance(message, dict):
         return message
-    return {key: decode_numpy(value) if key in fields else value for key, value in message.items()}
+    return {key: decode_numpy(value, limits, ranks[key], field=key) if key in ranks else value
+            for key, value in message.items()}
 
 
 def unpack_plain(data: bytes, limits: DecodeLimits = DecodeLimits()) -> Any:
@@ -124,14 +130,20 @@ def _explain(exc: Exception) -> str:
     return f"not one valid msgpack message ({type(exc).__name__})"
 
 
-def decode_numpy(value: Any, depth: int = 0) -> Any:
-    """Turn openpi array and scalar maps inside `value` (maps, lists, or the value itself) into numpy."""
+def decode_numpy(value: Any, limits: DecodeLimits = DecodeLimits(), max_rank: int = MAX_DIMS, *,
+                 field: str = "value", depth: int = 0) -> Any:
+    """Turn openpi array and scalar maps inside `value` (maps, lists, or the value itself) into numpy.
+
+    Arrays may have at most `max_rank` dimensions (and never more than MAX_DIMS); `field` names
+    the value in error messages.
+    """
     if depth > MAX_VALUE_DEPTH:
         raise NodeError(ErrorCode.BAD_TYPE, f"a value nests maps and arrays more than {MAX_VALUE_DEPTH} levels deep")
     if isinstance(value, list):
-        return [decode_numpy(item, depth + 1) for item in value]
+        return [decode_numpy(item, limits, max_rank, field=field, depth=depth + 1) for item in value]
     if isinstance(value, dict):
-        return _decode({key: decode_numpy(item, depth + 1) for key, item in value.items()})
+        items = {key: decode_numpy(item, limits, max_rank, field=field, depth=depth + 1) for key, item in value.items()}
+        return _decode(items, limits, min(max_rank, MAX_DIMS), field)
     return value
 
 
@@ -165,35 +177,48 @@ def _dtype(obj: dict) -> np.dtype:
         raise NodeError(ErrorCode.BAD_DTYPE, f"dtype must be a short numpy dtype string, got {quote(text)}")
     try:
         dtype = np.dtype(text)
-    except (TypeError, ValueError, SyntaxError) as exc:
+    except Exception as exc:  # numpy's dtype parser raises TypeError, ValueError, SyntaxError, OverflowError, ...
         raise NodeError(ErrorCode.BAD_DTYPE, f"unknown dtype {quote(text)}") from exc
     if dtype.kind in REFUSED_KINDS or dtype.itemsize == 0:
         raise NodeError(ErrorCode.BAD_DTYPE, f"refused dtype {quote(text)}: object, void, complex, variable-width string or sizeless")
     return dtype
 
 
-def _decode(obj: dict) -> Any:
+def _shape(value: Any, itemsize: int, limits: DecodeLimits, max_rank: int, field: str) -> tuple[int, ...]:
+    """A peer's shape, checked before numpy sees it: rank, plain sizes, and what it could address."""
+    if not isinstance(value, (list, tuple)) or not all(type(n) is int for n in value):
+        raise NodeError(ErrorCode.BAD_SHAPE, f"{field!r}: an array shape is a list of integer sizes, got {quote(value)}")
+    if len(value) > max_rank:
+        raise NodeError(ErrorCode.BAD_SHAPE,
+                        f"{field!r} takes arrays of at most {max_rank} dimensions, got {len(value)}: {quote(value)}")
+    if any(n < 0 for n in value):
+        raise NodeError(ErrorCode.BAD_SHAPE, f"{field!r}: array sizes must not be negative, got {quote(value)}")
+    reach = itemsize  # bytes the shape addresses with every zero size counted as one: bounds each size too
+    for n in value:
+        reach *= max(n, 1)
+        if reach > limits.max_bin_bytes:
+            raise NodeError(ErrorCode.BAD_SHAPE, f"{field!r}: array shape {quote(value)} of {itemsize}-byte items "
+                                                 f"spans more than the {limits.max_bin_bytes} bytes an array may hold")
+    return tuple(value)
+
+
+def _decode(obj: dict, limits: DecodeLimits, max_rank: int, field: str) -> Any:
     if any(key in obj for key in _ARRAY_KEYS):
-        data, shape, dtype = _field(obj, "data"), _field(obj, "shape"), _dtype(obj)
+        data, dtype = _field(obj, "data"), _dtype(obj)
+        shape = _shape(_field(obj, "shape"), dtype.itemsize, limits, max_rank, field)
         if not isinstance(data, bytes):
-            raise NodeError(ErrorCode.BAD_TYPE, f"array data must be bytes, got {quote(data)}")
-        if (
-            not isinstance(shape, (list, tuple))
-            or len(shape) > MAX_DIMS
-            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)
-        ):
-            raise NodeError(ErrorCode.BAD_SHAPE, f"array shape must be a list of at most {MAX_DIMS} sizes, got {quote(shape)}")
-        if len(data) != dtype.itemsize * int(np.prod(shape, dtype=object)):
+            raise NodeError(ErrorCode.BAD_TYPE, f"{field!r}: array data must be bytes, got {quote(data)}")
+        if len(data) != dtype.itemsize * math.prod(shape):
             raise NodeError(
-                ErrorCode.BAD_SHAPE, f"array of shape {tuple(shape)} and dtype {dtype} cannot hold {len(data)} bytes"
+                ErrorCode.BAD_SHAPE, f"{field!r}: an array of shape {shape} and dtype {dtype} cannot hold {len(data)} bytes"
             )
         return np.frombuffer(data, dtype=dtype).reshape(shape)
     if any(key in obj for key in _SCALAR_KEYS):
         dtype, item = _dtype(obj), _field(obj, "data")
         if isinstance(item, (dict, list, tuple)) or item is None:
-            raise NodeError(ErrorCode.BAD_TYPE, f"numpy scalar data must be a plain value, got {quote(item)}")
+            raise NodeError(ErrorCode.BAD_TYPE, f"{field!r}: numpy scalar data must be a plain value, got {quote(item)}")
         try:
             return dtype.type(item)
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise NodeError(ErrorCode.BAD_DTYPE, f"cannot make a {dtype} scalar from {quote(item)}") from exc
+        except Exception as exc:  # numpy's scalar constructors raise many kinds of errors on odd input
+            raise NodeError(ErrorCode.BAD_DTYPE, f"{field!r}: cannot make a {dtype} scalar from {quote(item)}") from exc
     return obj

@@ -82,17 +82,47 @@ class Job:
     deadline: float | None  # unix seconds
     on_done: Callable[[Job, JobResult], None]
     queued_at: float = field(default_factory=time.perf_counter)
+    answered: bool = False  # set once on_done has been called
+
+
+class Incidents:
+    """Failures of the node's own code on one message, each logged once under a number and counted.
+
+    The number goes into the `INTERNAL` reply, so an operator finds the log line (with its stack
+    trace) that belongs to a client's report; the reply itself carries no trace and no text of the
+    exception, which could hold another request's data.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count = 0
+
+    @property
+    def count(self) -> int:
+        with self._lock:
+            return self._count
+
+    def record(self, exc: BaseException, doing: str, request: object = None) -> NodeError:
+        """Log `exc` (raised while `doing` something for `request`) and return the INTERNAL error to answer with."""
+        with self._lock:
+            self._count += 1
+            number = self._count
+        log.error("incident %d: %s (request id %s) failed with %s: %s", number, doing, quote(request),
+                  type(exc).__name__, exc, exc_info=exc)
+        return NodeError(ErrorCode.INTERNAL, f"the node failed while {doing} ({type(exc).__name__}, incident {number} "
+                                             "in its log); it goes on serving")
 
 
 class Worker(Protocol):
     """The front's whole view of what runs the model.
 
     `submit` either raises NodeError (OVERLOADED, SHUTTING_DOWN) or later calls the job's
-    `on_done` exactly once, from any thread, with frames or a NodeError (TIMEOUT, MODEL_ERROR).
+    `on_done` exactly once, from any thread, with frames or a NodeError (TIMEOUT, MODEL_ERROR, INTERNAL).
     """
 
     spec: ModelSpec
     defaults: dict  # steps, guidance_frame, guidance_text, guidance_interval
+    incidents: Incidents  # the node's one incident log and count; the front records its own failures in it too
 
     def start(self) -> None: ...
 
@@ -137,6 +167,7 @@ class LocalWorker:
         self._cond = threading.Condition()
         self._accepting = True
         self._busy = False
+        self.incidents = Incidents()
         self._thread = threading.Thread(target=self._run, name="foresight-inference", daemon=True)
 
     def start(self) -> None:
@@ -182,12 +213,19 @@ class LocalWorker:
                     return
                 batch, expired = self._take_batch()
                 self._busy = True  # until every taken job has been answered
-            for job in expired:
-                self._finish(job, self._failed(job, NodeError(ErrorCode.TIMEOUT, f"deadline {job.deadline:.3f} passed while queued")))
-            if batch:
-                self._run_batch(batch)
-            with self._cond:
-                self._busy = False
+            try:
+                for job in expired:
+                    self._finish(job, self._failed(job, NodeError(ErrorCode.TIMEOUT, f"deadline {job.deadline:.3f} passed while queued")))
+                if batch:
+                    self._run_batch(batch)
+            except Exception as exc:  # a bug here must not end the thread that every later request waits on
+                error = self.incidents.record(exc, f"running a batch of {len(batch)} requests")
+                for job in expired + batch:
+                    if not job.answered:
+                        self._finish(job, self._failed(job, error))
+            finally:
+                with self._cond:
+                    self._busy = False
 
     def _take_batch(self) -> tuple[list[Job], list[Job]]:
         """The oldest live job plus later queued jobs with the same settings, up to max_batch samples."""
@@ -244,13 +282,13 @@ class LocalWorker:
     def _failed(self, job: Job, error: NodeError) -> JobResult:
         return JobResult(None, error, time.perf_counter() - job.queued_at, 0.0, 0, self.summary)
 
-    @staticmethod
-    def _finish(job: Job, result: JobResult) -> None:
-        """Hand a result to its callback; a failing callback is logged and must not end the worker."""
+    def _finish(self, job: Job, result: JobResult) -> None:
+        """Hand a result to its callback once; a failing callback is an incident and must not end the worker."""
+        job.answered = True
         try:
             job.on_done(job, result)
-        except Exception:
-            log.exception("completion callback failed; that request gets no reply")
+        except Exception as exc:
+            self.incidents.record(exc, "handing a result to its reply (that request gets no reply)", job.instructions)
 
 
 def warm_up(predictor: Predictor) -> None:
