@@ -56,7 +56,8 @@ def section(name: str, loads: dict[str, float]) -> Iterator[None]:
 def run(spec: str, plan: Plan, threads: int, device: str, out: Path) -> dict:
     """Every section; returns the results (Timing objects inside). The nodes' logs go to `out`."""
     source = ModelSource.of(spec)
-    model = source.load(device)
+    loaded = source.load(device)
+    model = loaded.model
     cfg = model.config
     default_steps = plan.default_steps or cfg.steps
     loads: dict[str, float] = {}
@@ -71,9 +72,9 @@ def run(spec: str, plan: Plan, threads: int, device: str, out: Path) -> dict:
             engines = backends.build(spec, Path(tmp) / "engines", device, max(plan.batch_sizes))
         engine, engine_info = backends.engine_backend(model, engines, threads)
         with section("2 backends", loads):
-            results["backends"] = backends.compare(model, engine, default_steps, plan, device)
-        torch_pipe = ForesightPipeline(model)
-        engine_pipe = ForesightPipeline(model, backend=engine, backend_info=engine_info)
+            results["backends"] = backends.compare(loaded, engine, default_steps, plan, device)
+        torch_pipe = ForesightPipeline(loaded)
+        engine_pipe = ForesightPipeline(loaded, backend=engine, backend_info=engine_info)
         results["node_backend"] = engine.name  # the node as deployed: the best backend it can load
         serve = ["--device", device, "--threads", str(threads)]
         with running_node(spec, out / "node-torch.log", [*serve, "--backend", "torch"]) as torch_node, \

@@ -19,6 +19,7 @@ from engines import Backend, OrtOptions, load_backend
 from engines.torch_backend import TorchBackend
 from export.build_engines import BuildConfig, build_engines
 from export.onnx_export import graph_shapes, random_inputs
+from foresight.model_dir import LoadedModel
 from foresight.models.aid import AIDModel
 from foresight.pipeline import ForesightPipeline
 
@@ -45,8 +46,9 @@ def sync_for(device: str):
     return torch.cuda.synchronize if device.startswith("cuda") else None
 
 
-def compare(model: AIDModel, engine: Backend, steps: int, plan: Plan, device: str) -> dict:
+def compare(loaded: LoadedModel, engine: Backend, steps: int, plan: Plan, device: str) -> dict:
     """Per UNet step (the three guidance branches in one call) and per request, engine vs eager."""
+    model = loaded.model
     cfg = model.config
     eager = TorchBackend(model)
     sync = sync_for(device)
@@ -58,7 +60,7 @@ def compare(model: AIDModel, engine: Backend, steps: int, plan: Plan, device: st
         step_diff = (eager.unet(**x).float() - engine.unet(**x).float()).abs().max().item()
     frames = random_frames(cfg.context_frames, cfg.height, cfg.width)
     text = [INSTRUCTIONS[0]]
-    pipes = {"torch": ForesightPipeline(model), engine.name: ForesightPipeline(model, backend=engine)}
+    pipes = {"torch": ForesightPipeline(loaded), engine.name: ForesightPipeline(loaded, backend=engine)}
     requests = measure_side_by_side(
         {name: (lambda pipe=pipe: pipe.predict(frames, text, steps=steps)) for name, pipe in pipes.items()},
         plan.runs, plan.warmup, "request")

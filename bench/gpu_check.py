@@ -263,8 +263,9 @@ def stage_tests(workdir: Path) -> dict:
 def _cuda_model(spec: str = "tiny"):
     from foresight.model_dir import load_model
 
-    model, _ = load_model(spec)
-    return model.to("cuda").eval()
+    loaded = load_model(spec)
+    loaded.model.to("cuda").eval()
+    return loaded
 
 
 def stage_engines(workdir: Path) -> dict:
@@ -286,7 +287,8 @@ def stage_engines(workdir: Path) -> dict:
             check = built.get("check") or {}
             checks[f"{graph} {kind} vs {check.get('reference')}"] = {"max_rel": check.get("max_rel"),
                                                                      "usable": built.get("usable", False)}
-    model = _cuda_model()
+    loaded = _cuda_model()
+    model = loaded.model
     trt, info = load_backend(model, "tensorrt", out)
     if trt.name != "tensorrt":
         return {"ok": False, "why": f"TensorRT engines not used: {info['skipped']}", "checks": checks,
@@ -301,8 +303,8 @@ def stage_engines(workdir: Path) -> dict:
         checks[f"{graph} tensorrt vs pytorch"] = {"max_rel": check["max_rel"], "usable": check["passed"]}
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, (cfg.context_frames, cfg.height, cfg.width, 3), dtype=np.uint8)
-    a = ForesightPipeline(model, backend=trt).predict(frames, [INSTRUCTION], seed=0).astype(int)
-    b = ForesightPipeline(model).predict(frames, [INSTRUCTION], seed=0).astype(int)
+    a = ForesightPipeline(loaded, backend=trt).predict(frames, [INSTRUCTION], seed=0).astype(int)
+    b = ForesightPipeline(loaded).predict(frames, [INSTRUCTION], seed=0).astype(int)
     worst = max(c["max_rel"] for c in checks.values() if c["max_rel"] is not None)
     return {"ok": all(c["usable"] for c in checks.values()), "checks": checks, "worst_max_rel": worst,
             "max_uint8_diff": int(np.abs(a - b).max()), "mean_uint8_diff": float(np.abs(a - b).mean())}
@@ -338,10 +340,10 @@ def stage_timing(workdir: Path) -> dict:
     pipes, refused = {}, {}
     for name, kind, options in (("tensorrt_fp16", "tensorrt", OrtOptions()),
                                 ("onnxruntime_cuda", "onnxruntime", OrtOptions(providers=("CUDAExecutionProvider",)))):
-        model = _cuda_model()
-        backend, info = load_backend(model, kind, engines, ort_options=options)
+        loaded = _cuda_model()
+        backend, info = load_backend(loaded.model, kind, engines, ort_options=options)
         if backend.name == kind:
-            pipes[name] = ForesightPipeline(model, backend=backend, backend_info=info)
+            pipes[name] = ForesightPipeline(loaded, backend=backend, backend_info=info)
         else:
             refused[name] = info["skipped"]
     pipes["torch_bf16"] = load_pipeline("tiny", device="cuda", dtype="bf16", backend="torch")

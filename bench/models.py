@@ -18,7 +18,15 @@ from diffusers import StableVideoDiffusionPipeline
 
 from foresight.config import AIDConfig
 from foresight.loading import SVDComponents, build_tiny_svd, load_svd
-from foresight.model_dir import EMBEDDED_DIR, TINY_RANDOM_AID, TINY_RANDOM_SVD, load_model, resolve_text_encoder
+from foresight.model_dir import (
+    EMBEDDED_DIR,
+    TINY_RANDOM_AID,
+    TINY_RANDOM_SVD,
+    LoadedModel,
+    load_model,
+    model_folder,
+    resolve_text_encoder,
+)
 from foresight.models.aid import AIDModel
 from foresight.models.encoders import TextEncoder, bundled_text_encoder_path
 
@@ -46,7 +54,7 @@ class ModelSource:
     def of(cls, spec: str) -> ModelSource:
         if spec == "tiny-random":
             return cls(spec, TINY_RANDOM_AID, None, bundled_text_encoder_path())
-        folder = EMBEDDED_DIR if spec == "tiny" else Path(spec)
+        folder = model_folder(spec)
         meta = json.loads((folder / "aid_config.json").read_text())
         svd = Path(meta["svd"])
         text = meta.get("text_encoder")
@@ -57,10 +65,11 @@ class ModelSource:
             None if text is None else resolve_text_encoder(text, folder),
         )
 
-    def load(self, device: str = "cpu") -> AIDModel:
-        """The model itself, trained weights included."""
-        model, _ = load_model(self.spec)
-        return model.to(device).eval()
+    def load(self, device: str = "cpu") -> LoadedModel:
+        """The model itself, trained weights, card and states included."""
+        loaded = load_model(self.spec)
+        loaded.model.to(device).eval()
+        return loaded
 
     def fresh_svd(self) -> SVDComponents:
         """A new copy of the same SVD weights (loaded again, or rebuilt from the same seed)."""

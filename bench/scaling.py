@@ -14,12 +14,13 @@ from tqdm import tqdm
 
 from bench.core import INSTRUCTIONS, Plan, fit_growth, measure, random_frames
 from bench.models import ModelSource
+from foresight.model_dir import LoadedModel
 from foresight.models.aid import AIDModel
 from foresight.pipeline import ForesightPipeline
 
 
 def _time(model: AIDModel, steps: int, plan: Plan, label: str) -> dict:
-    pipe = ForesightPipeline(model)
+    pipe = ForesightPipeline(LoadedModel.of(model))  # an architecture variant for timing: template states
     frames = random_frames(pipe.context_frames, pipe.height, pipe.width)
     timing = measure(lambda: pipe.predict(frames, [INSTRUCTIONS[0]], steps=steps), plan.scaling_runs, plan.warmup, label)
     return {"timing": timing, "steps": steps, "num_frames": pipe.num_frames, "height": pipe.height, "width": pipe.width}

@@ -22,10 +22,11 @@ from pathlib import Path
 import torch
 
 from bench.core import Plan
+from foresight.dtypes import mixed_precision_dtype
 from foresight.logs import setup_logging
 from foresight.training.config import load_jobs
 from foresight.training.stages import AIDStage
-from foresight.training.trainer import DTYPES, cast_frozen
+from foresight.training.trainer import cast_frozen
 
 log = logging.getLogger("bench")
 
@@ -40,9 +41,9 @@ SETTINGS = {
 
 def _model_folders(spec: str) -> tuple[Path, dict]:
     """The SVD folder an AID model folder adapts ('tiny': the shipped tiny-svd) and its AID config."""
-    from foresight.model_dir import EMBEDDED_DIR
+    from foresight.model_dir import model_folder
 
-    folder = EMBEDDED_DIR if spec == "tiny" else Path(spec)
+    folder = model_folder(spec)
     meta = json.loads((folder / "aid_config.json").read_text())
     svd = Path(meta["svd"])
     return (svd if svd.is_absolute() else (folder / svd).resolve()), meta["aid"]
@@ -55,7 +56,7 @@ def clips_per_second(spec: str, setting: dict, batch: int, runs: int, warmup: in
     (cfg,) = load_jobs("tiny-aid", (f"model.svd={svd}", f"model.aid={json.dumps(aid_config)}",
                                     f"optim.batch={batch}", f"mixed_precision={precision}"))
     stage = AIDStage(cfg)
-    params = cast_frozen(stage, DTYPES[precision])
+    params = cast_frozen(stage, mixed_precision_dtype(precision))
     unet = stage.model.unet.unet
     if setting.get("channels_last"):
         for conv in unet.modules():

@@ -95,7 +95,7 @@ class BuildConfig:
 def _load(config: BuildConfig, device: torch.device):
     from foresight.model_dir import load_model
 
-    model, _ = load_model(config.model)
+    model = load_model(config.model).model
     if config.adapters is not None:
         model.load_aid_weights(config.adapters)
     return model.to(device).eval()

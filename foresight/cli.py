@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from foresight.dtypes import DTYPE_NAMES
 from foresight.logs import setup_logging
 
 logger = logging.getLogger("foresight")
@@ -57,9 +58,9 @@ def _gib(n: int) -> str:
 
 
 def cmd_params(args: argparse.Namespace) -> None:
+    from foresight.dtypes import torch_dtype
     from foresight.params import (
         DECODE_CHUNK_SIZE,
-        DTYPES,
         architecture,
         count_real_config,
         request_memory,
@@ -72,7 +73,7 @@ def cmd_params(args: argparse.Namespace) -> None:
         size = f"{cfg.height}x{cfg.width}x{cfg.num_frames}"
         batches = [int(b) for b in args.batch.split(",")] if args.memory else []
         chunk = DECODE_CHUNK_SIZE if args.decode_chunk is None else args.decode_chunk or None
-        reports = [request_memory(arch, b, DTYPES[args.dtype], chunk) for b in batches]
+        reports = [request_memory(arch, b, torch_dtype(args.dtype), chunk) for b in batches]
         rows = [training_memory(arch, b, ckpt) for ckpt in (False, True) for b in (1, 2)] if args.train else []
         if args.json:
             print(json.dumps({"memory": reports, "train": rows}, indent=2))
@@ -199,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="UNet runtime; auto = best usable of tensorrt > onnxruntime > torch")
     p.add_argument("--engines", default=None, help="engine folder from export/build_engines.py (default: none, PyTorch)")
     p.add_argument("--device", default="cpu", help="torch device of the model, e.g. cuda or cuda:1")
-    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
+    p.add_argument("--dtype", choices=DTYPE_NAMES, default="fp32",
                    help="what the PyTorch parts compute in (the sampler's state stays fp32)")
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet (PyTorch backend; first request compiles)")
     p.set_defaults(func=cmd_predict)
@@ -268,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=None, help="default: the model's (svd: 256)")
     p.add_argument("--num-frames", type=int, default=None, help="N (default: the model's; svd: 16)")
     p.add_argument("--batch", default="1,4,16", help="instructions per request (M), comma-separated (--memory)")
-    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="bf16", help="weights and activations (--memory)")
+    p.add_argument("--dtype", choices=DTYPE_NAMES, default="bf16", help="weights and activations (--memory)")
     p.add_argument("--decode-chunk", type=int, default=None,
                    help="frames per VAE decode call in whole clips, as the pipeline's decode_chunk_size "
                         "(--memory; default: the pipeline's; 0: all M clips at once)")

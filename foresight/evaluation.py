@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
@@ -52,9 +53,10 @@ def variant_pipeline(spec: str, variant: str) -> ForesightPipeline:
     """A pipeline for one table row, loaded without that row's knocked-out parts."""
     if variant not in VARIANT_KNOCKOUTS:
         raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
-    model, card = load_model(spec, knockouts=VARIANT_KNOCKOUTS[variant])
-    decomposer = make_decomposer("none", model.config.num_states) if variant == "no-states" else None
-    return ForesightPipeline(model, card, decomposer=decomposer)
+    loaded = load_model(spec, knockouts=VARIANT_KNOCKOUTS[variant])
+    if variant == "no-states":  # the states the model was trained with, knocked out at inference
+        loaded = replace(loaded, states=make_decomposer("none", loaded.model.config.num_states))
+    return ForesightPipeline(loaded)
 
 
 def predictions_figure(episodes: list[Episode], preds: np.ndarray, context_frames: int, scale: int = 2) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Where AID models come from: the model folder format and the built-in names.
 
-`load_model(spec)` takes
+`load_model(spec)` reads a model once into a `LoadedModel` (the AID model, its card and the state
+decomposer it was trained with), from which every pipeline is built. It takes
 - "tiny-random": a small SVD-architecture model with random weights, built from config (tests);
 - "tiny": the embedded model trained on the tabletop simulator, shipped in this package;
 - a folder path in the format below;
@@ -13,7 +14,7 @@ Model folder format:
                         "states": "template" | path to a `foresight states` JSON | VLM folder}
                        (relative paths are relative to the folder; "states" absent = template)
                        Training writes the text encoder and states it used, and
-                       `model_decomposer` gives serving the same states, so the two agree.
+                       `load_model` gives every pipeline the same states, so the two agree.
     aid.safetensors    adapters.* and dqformer.* (and unet.*attn2* when cross-attention is trained)
     model_card.json    optional: how it was made and how well it does
     svd/               optional: a diffusers-format SVD folder (unet, vae, image_encoder, ...)
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -54,6 +55,25 @@ TINY_RANDOM_AID = AIDConfig(
     dqformer=DQFormerConfig(width=32, text_dim=384, vision_dim=32, layers=1, heads=2, tokens_per_frame=4,
                             sentence_token=True),
 )
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model read once: the AID model, its card, and the state decomposer it was trained with.
+
+    Pipelines are built from this (foresight.pipeline.ForesightPipeline), never from a bare
+    model, so serving, evaluation, knock-outs and the planner all describe states as training did.
+    """
+
+    model: AIDModel
+    card: dict
+    states: StateDecomposer
+
+    @classmethod
+    def of(cls, model: AIDModel, card: dict | None = None, states: str | StateDecomposer = "template") -> LoadedModel:
+        """A model built in memory (tests, training's validation): states by name or as a decomposer."""
+        decomposer = make_decomposer(states, model.config.num_states) if isinstance(states, str) else states
+        return cls(model, card or {}, decomposer)
 
 
 # adapters: all three adapters; me / de: one DQFormer branch; text: the whole DQFormer (SVD's image
@@ -88,18 +108,6 @@ def resolve_text_encoder(ref: str, base: Path | None = None) -> Path:
     return path if path.is_absolute() or base is None else base / path
 
 
-def model_decomposer(spec: str, num_states: int) -> StateDecomposer:
-    """The state decomposer a model was trained with ('template' for built-in names and old folders)."""
-    folder = EMBEDDED_DIR if spec == "tiny" else Path(spec)
-    config_file = folder / "aid_config.json"
-    if spec == "tiny-random" or not config_file.is_file():
-        return make_decomposer("template", num_states)
-    ref = json.loads(config_file.read_text()).get("states", "template")
-    if ref not in ("template", "none") and not Path(ref).is_absolute():
-        ref = str(folder / ref)
-    return make_decomposer(ref, num_states)
-
-
 def build_tiny_random(seed: int = 0, knockouts: Sequence[str] = ()) -> AIDModel:
     """The random tiny model: same code path as the real one, weights from a fixed seed
     (with knock-outs: the same weights, less the parts left out)."""
@@ -115,9 +123,8 @@ def build_tiny_random(seed: int = 0, knockouts: Sequence[str] = ()) -> AIDModel:
     return knocked
 
 
-def load_model_dir(path: str | Path, dtype: torch.dtype = torch.float32,
-                   knockouts: Sequence[str] = ()) -> tuple[AIDModel, dict]:
-    """Load a model folder; returns the model and its card (empty when the folder has none)."""
+def load_model_dir(path: str | Path, dtype: torch.dtype = torch.float32, knockouts: Sequence[str] = ()) -> LoadedModel:
+    """Load a model folder: the model, its card (empty when the folder has none) and its states."""
     path = Path(path)
     config_file = path / "aid_config.json"
     if not config_file.is_file():
@@ -137,7 +144,10 @@ def load_model_dir(path: str | Path, dtype: torch.dtype = torch.float32,
     model.load_aid_weights(weights, strict=not knockouts)
     card_file = path / "model_card.json"
     card = json.loads(card_file.read_text()) if card_file.is_file() else {}
-    return model, card
+    states = spec.get("states", "template")  # absent in folders older than the field: template
+    if states not in ("template", "none") and not Path(states).is_absolute():
+        states = str(path / states)
+    return LoadedModel(model, card, make_decomposer(states, config.num_states))
 
 
 def save_model_dir(
@@ -162,16 +172,21 @@ def save_model_dir(
         (path / "model_card.json").write_text(json.dumps(card, indent=2))
 
 
-def load_model(spec: str, dtype: torch.dtype = torch.float32,
-               knockouts: Sequence[str] = ()) -> tuple[AIDModel, dict]:
-    """'tiny-random', 'tiny' or a model folder -> (model, model card), without the `knockouts` parts."""
+def model_folder(spec: str) -> Path:
+    """The folder a model name stands for: 'tiny' is the embedded model shipped in this package, any
+    other name a path. 'tiny-random' has none (it is built from config, see load_model)."""
     if spec == "tiny-random":
-        return build_tiny_random(knockouts=knockouts), {"name": "tiny-random", "note": "random weights, for tests"}
-    if spec == "tiny":
-        if not (EMBEDDED_DIR / "aid_config.json").is_file():
-            raise FileNotFoundError(
-                f"the embedded model is not in this install ({EMBEDDED_DIR}); train it with "
-                "`foresight train` or use --model tiny-random"
-            )
-        return load_model_dir(EMBEDDED_DIR, dtype, knockouts)
-    return load_model_dir(spec, dtype, knockouts)
+        raise ValueError("'tiny-random' is built from config and has no model folder")
+    if spec != "tiny":
+        return Path(spec)
+    if not (EMBEDDED_DIR / "aid_config.json").is_file():
+        raise FileNotFoundError(f"the embedded model is not in this install ({EMBEDDED_DIR}); train it with "
+                                "`foresight train` or use --model tiny-random")
+    return EMBEDDED_DIR
+
+
+def load_model(spec: str, dtype: torch.dtype = torch.float32, knockouts: Sequence[str] = ()) -> LoadedModel:
+    """'tiny-random', 'tiny' or a model folder -> the loaded model, without the `knockouts` parts."""
+    if spec == "tiny-random":
+        return LoadedModel.of(build_tiny_random(knockouts=knockouts), {"name": "tiny-random", "note": "random weights, for tests"})
+    return load_model_dir(model_folder(spec), dtype, knockouts)

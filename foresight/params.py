@@ -39,7 +39,6 @@ SVD_IMAGE_ENCODER = {"hidden_size": 1280, "intermediate_size": 5120, "num_attent
                      "hidden_act": "gelu"}
 CLIP_H_TEXT = {"hidden_size": 1024, "intermediate_size": 4096, "num_attention_heads": 16, "num_hidden_layers": 23,
                "projection_dim": 1024, "hidden_act": "gelu", "max_position_embeddings": 77}
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def count_real_config(config: AIDConfig | None = None, num_frames: int = 16) -> dict[str, int | float]:
@@ -85,9 +84,9 @@ def real_architecture() -> Architecture:
 
 def folder_architecture(spec: str) -> Architecture:
     """'tiny' or a model folder: the configs it holds (no weights are read)."""
-    from foresight.model_dir import EMBEDDED_DIR, resolve_text_encoder
+    from foresight.model_dir import model_folder, resolve_text_encoder
 
-    folder = EMBEDDED_DIR if spec == "tiny" else Path(spec)
+    folder = model_folder(spec)
     config_file = folder / "aid_config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{folder} is not an AID model folder: no aid_config.json")

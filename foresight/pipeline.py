@@ -18,28 +18,15 @@ from engines import Backend, OrtOptions, load_backend
 from engines.torch_backend import TorchBackend
 from foresight.diffusion.edm import Denoiser, karras_sigmas
 from foresight.diffusion.sampling import TwoScaleGuidance, sample_euler
+from foresight.dtypes import resolve_dtype
 from foresight.imaging import fit_frames
-from foresight.model_dir import load_model, model_decomposer
-from foresight.models.aid import AIDModel
-from foresight.states import StateDecomposer, TemplateDecomposer
+from foresight.model_dir import LoadedModel, load_model
 
 logger = logging.getLogger(__name__)
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # frames per VAE-decoder call (whole clips, at least one; see AIDModel.decode_latents): bounds the
 # decoder's peak memory instead of decoding all M x (N + 2) frames of a request at once
 DECODE_CHUNK_SIZE = 32
-
-
-def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
-    """A torch float dtype or one of DTYPES' names ("fp32", "bf16", "fp16") -> the torch dtype."""
-    if isinstance(dtype, str):
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
-        return DTYPES[dtype]
-    if dtype not in DTYPES.values():
-        raise ValueError(f"dtype must be one of {tuple(DTYPES.values())} or {tuple(DTYPES)}, got {dtype!r}")
-    return dtype
 
 
 def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
@@ -55,22 +42,17 @@ def tensor_to_frames(x: torch.Tensor) -> np.ndarray:
 class ForesightPipeline:
     """Context frames + instructions -> predicted frames, with a seeded EDM sampler.
 
+    loaded: the model with its card and the states it was trained with (foresight.model_dir);
     backend runs the UNet (engines.Backend; default PyTorch eager); backend_info says which one
     and why (from engines.load_backend), and `info()` reports it.
     """
 
-    def __init__(
-        self,
-        model: AIDModel,
-        card: dict | None = None,
-        decomposer: StateDecomposer | None = None,
-        backend: Backend | None = None,
-        backend_info: dict | None = None,
-    ) -> None:
+    def __init__(self, loaded: LoadedModel, backend: Backend | None = None, backend_info: dict | None = None) -> None:
+        model = loaded.model
         self.model = model.eval()
-        self.card = card or {}
+        self.card = loaded.card
         cfg = model.config
-        self.decomposer = decomposer or TemplateDecomposer(cfg.num_states)
+        self.decomposer = loaded.states
         self.height, self.width = cfg.height, cfg.width
         self.num_frames, self.context_frames = cfg.num_frames, cfg.context_frames
         self.defaults = {"steps": cfg.steps, "guidance_frame": cfg.guidance_frame, "guidance_text": cfg.guidance_text,
@@ -215,9 +197,8 @@ def load_pipeline(
         torch.backends.cudnn.conv.fp32_precision = "tf32"
     if torch.device(device).type == "cpu" and dtype == torch.float16:
         logger.warning("fp16 on a CPU runs many kernels emulated (15x slower than fp32 on the tiny model); use bf16")
-    model, card = load_model(spec, dtype=dtype)
-    model = model.to(device=device, dtype=dtype)
+    loaded = load_model(spec, dtype=dtype)
+    model = loaded.model.to(device=device, dtype=dtype)
     runner, info = load_backend(model, backend, engines, ort_options=OrtOptions(intra_op_threads=threads),
                                   compile=compile)
-    decomposer = model_decomposer(spec, model.config.num_states)
-    return ForesightPipeline(model, card, decomposer=decomposer, backend=runner, backend_info=info)
+    return ForesightPipeline(loaded, backend=runner, backend_info=info)

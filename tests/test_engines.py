@@ -21,7 +21,7 @@ from engines.onnxruntime_backend import OnnxRuntimeBackend
 from export.build_engines import BuildConfig, build_engines
 from export.onnx_export import graph_shapes, random_inputs
 from export.validate import errors
-from foresight.model_dir import build_tiny_random
+from foresight.model_dir import LoadedModel, build_tiny_random
 from foresight.pipeline import ForesightPipeline
 
 HAS_CUDA = torch.cuda.is_available()
@@ -181,7 +181,8 @@ def test_whole_sampling_run_matches_pytorch(model, engine_dir):
     """Final frames of a full request (2 hypotheses, 3 guidance branches each) through ONNX Runtime."""
     backend, info = load_backend(model, "onnxruntime", engine_dir[0])
     assert info["name"] == "onnxruntime"
-    torch_pipe, ort_pipe = ForesightPipeline(model), ForesightPipeline(model, backend=backend, backend_info=info)
+    loaded = LoadedModel.of(model)
+    torch_pipe, ort_pipe = ForesightPipeline(loaded), ForesightPipeline(loaded, backend=backend, backend_info=info)
     frames = np.random.default_rng(secrets.randbits(31)).integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)
     seed = secrets.randbits(31)
     kwargs = dict(steps=4, seed=seed, num_frames=6)

@@ -19,7 +19,7 @@ from foresight.evaluation import (
     variant_pipeline,
 )
 from foresight.imaging import read_image
-from foresight.model_dir import load_model
+from foresight.model_dir import LoadedModel, load_model, save_model_dir
 from foresight.pipeline import ForesightPipeline
 from sim_bridge.episode_io import write_episode
 from sim_bridge.readers import find_episodes
@@ -73,29 +73,31 @@ def test_eval_cli_guidance_scales_reach_the_sampler(tmp_path):
 
 
 def _predict(model, card, episode, steps=2):
-    return ForesightPipeline(model, card).predict(episode.frames[None, :1], [episode.instruction], steps=steps, seed=3)
+    pipe = ForesightPipeline(LoadedModel.of(model, card))
+    return pipe.predict(episode.frames[None, :1], [episode.instruction], steps=steps, seed=3)
 
 
 def test_knockouts_at_load_time_equal_the_old_in_place_knockouts():
     """The shipped model without adapters / DE predicts what zeroing the adapters' up-projections /
     switching off the DE branch on the live model predicted, frame for frame."""
     episode = make_episode(EVAL_SEEDS.start, size=64, num_frames=8)
-    zeroed, card = load_model("tiny")
+    shipped = load_model("tiny")
+    zeroed, card = shipped.model, shipped.card
     with torch.no_grad():
         for adapter in zeroed.unet.adapters.modules():
             if hasattr(adapter, "up"):
                 adapter.up.weight.zero_()
                 adapter.up.bias.zero_()
-    no_adapters, _ = load_model("tiny", knockouts=("adapters",))
+    no_adapters = load_model("tiny", knockouts=("adapters",)).model
     assert no_adapters.unet.adapters is None
     assert np.array_equal(_predict(zeroed, card, episode), _predict(no_adapters, card, episode))
 
-    switched, _ = load_model("tiny")
+    switched = load_model("tiny").model
     switched.dqformer.config = replace(switched.dqformer.config, use_de=False)
-    no_de, _ = load_model("tiny", knockouts=("de",))
+    no_de = load_model("tiny", knockouts=("de",)).model
     assert not hasattr(no_de.dqformer, "queries") and not any(k.startswith("dqformer.de_") for k in no_de.aid_state_dict())
     assert np.array_equal(_predict(switched, card, episode), _predict(no_de, card, episode))
-    full, _ = load_model("tiny")
+    full = load_model("tiny").model
     assert not np.array_equal(_predict(full, card, episode), _predict(no_de, card, episode))
 
 
@@ -106,7 +108,7 @@ def test_knockout_names_are_checked_and_the_base_has_no_aid_part():
         load_model("tiny-random", knockouts=("me", "de"))
     base = variant_pipeline("tiny", "base").model
     assert base.unet.adapters is None and base.dqformer is None and base.aid_state_dict() == {}
-    no_me, _ = load_model("tiny-random", knockouts=("me",))
+    no_me = load_model("tiny-random", knockouts=("me",)).model
     assert not hasattr(no_me.dqformer, "me_layers") and no_me.dqformer.config.use_de
     with pytest.raises(ValueError, match="unknown variant"):
         variant_pipeline("tiny-random", "no-text")
@@ -177,3 +179,14 @@ def test_eval_cli_on_recorded_episodes_with_an_i3d_reports_fvd_and_kvd(tmp_path,
     r = report["variants"]["aid"]
     assert r["clips"] == 6 and r["fvd_i3d"] >= 0 and np.isfinite(r["kvd_i3d"])
     assert "I3D features" in report["distance_note"]
+
+
+@pytest.mark.parametrize("variant", ["aid", "no-adapters", "no-de", "base"])
+def test_eval_predicts_with_the_states_a_folder_was_trained_with(tmp_path, variant):
+    """A folder trained with states = "none" (the retrained no-states ablation) is evaluated with none,
+    in every row; eval used to build its pipelines with template states whatever the folder said."""
+    save_model_dir(load_model("tiny-random").model, tmp_path / "m", states="none")
+    pipe = variant_pipeline(str(tmp_path / "m"), variant)
+    assert pipe.decomposer("push the red block to the left") == ["", ""]
+    template = variant_pipeline("tiny-random", variant)
+    assert template.decomposer("push the red block to the left") != ["", ""]

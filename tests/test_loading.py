@@ -48,12 +48,12 @@ def test_missing_folder():
 
 
 def test_aid_weights_round_trip_bit_identical(tiny_model, tmp_path):
-    model, _ = load_model("tiny-random")
+    model = load_model("tiny-random").model
     with torch.no_grad():
         for p in model.trainable_parameters():
             p.normal_()
     model.save_aid_weights(tmp_path / "aid.safetensors")
-    fresh, _ = load_model("tiny-random")
+    fresh = load_model("tiny-random").model
     fresh.load_aid_weights(tmp_path / "aid.safetensors")
     a, b = model.aid_state_dict(), fresh.aid_state_dict()
     assert a.keys() == b.keys() and any(k.startswith("adapters.") for k in a) and any(k.startswith("dqformer.") for k in a)
@@ -71,12 +71,12 @@ def test_aid_weights_from_another_config_are_refused(tiny_model, tmp_path):
 
 
 def test_model_folder_round_trip(tmp_path):
-    model, _ = load_model("tiny-random")
+    model = load_model("tiny-random").model
     save_model_dir(model, tmp_path / "m", card={"name": "test"})
-    loaded, card = load_model_dir(tmp_path / "m")
-    assert card == {"name": "test"}
-    assert loaded.config == model.config
-    sd_a, sd_b = model.state_dict(), loaded.state_dict()
+    folder = load_model_dir(tmp_path / "m")
+    assert folder.card == {"name": "test"}
+    assert folder.model.config == model.config
+    sd_a, sd_b = model.state_dict(), folder.model.state_dict()
     assert all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)
 
 
@@ -101,7 +101,7 @@ def test_embedded_vae_decodes_clip_ends_as_well_as_the_middle():
     from foresight.pipeline import frames_to_tensor
     from foresight.training.data import tabletop_episodes
 
-    model, _ = load_model("tiny")
+    model = load_model("tiny").model
     episodes = tabletop_episodes(range(1_000_000, 1_000_006), 64, 8, ("push", "pick_up"))
     video = torch.stack([frames_to_tensor(ep.frames) for ep in episodes]).float()
     decoded = model.decode_latents(model.encode_latents(video))

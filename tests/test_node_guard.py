@@ -14,13 +14,13 @@ import msgpack
 import numpy as np
 import pytest
 import zmq
+from test_replay import Echo, Node
 
 from foresight.node import server as server_module
 from foresight.node import wire
 from foresight.node.client import ForesightClient
 from foresight.node.protocol import ErrorCode, NodeError
 from foresight.node.worker import LocalWorker
-from test_replay import Echo, Node
 
 FRAMES = np.zeros((1, 64, 64, 3), np.uint8)
 

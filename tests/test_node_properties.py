@@ -25,9 +25,9 @@ import zmq
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bench.unread import rss_mib
 from foresight.node import wire
 from foresight.node.protocol import FIELDS, METHODS, ErrorCode
-from bench.unread import rss_mib
 
 REPLY_DEADLINE_S = 60.0  # a valid request runs the model; CI machines are shared
 K, SIDE = 1, 64  # tiny-random: context frames, resolution

@@ -7,11 +7,12 @@ import torch
 import foresight.pipeline as pipeline_module
 from foresight.diffusion.edm import karras_sigmas
 from foresight.diffusion.sampling import sample_euler
+from foresight.dtypes import resolve_dtype
 from foresight.loading import build_tiny_svd
 from foresight.model_dir import TINY_RANDOM_AID, TINY_RANDOM_SVD, load_model_dir, save_model_dir
 from foresight.models.aid import AIDModel
 from foresight.models.encoders import TextEncoder, bundled_text_encoder_path
-from foresight.pipeline import load_pipeline, resolve_dtype
+from foresight.pipeline import load_pipeline
 
 # bf16 against fp32, same seed, on uint8 frames (levels of 255). Measured on 2 CPU cores with the
 # model's default steps and two instructions: tiny-random mean 1.19 / p99 5, tiny mean 0.56 / p99 6.
@@ -84,7 +85,7 @@ def test_adapters_and_dqformer_follow_a_half_precision_backbone():
 
 def test_half_precision_model_folder_loads_with_half_adapters(tiny_model, tmp_path):
     save_model_dir(tiny_model, tmp_path / "m")
-    model, _ = load_model_dir(tmp_path / "m", dtype=torch.bfloat16)
+    model = load_model_dir(tmp_path / "m", dtype=torch.bfloat16).model
     assert model.unet.unet.dtype == torch.bfloat16
     assert {p.dtype for p in model.trainable_parameters()} == {torch.bfloat16}
 

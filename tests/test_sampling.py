@@ -8,6 +8,7 @@ import torch
 
 from foresight.diffusion.edm import Denoiser, karras_sigmas
 from foresight.diffusion.sampling import TwoScaleGuidance, sample_euler
+from foresight.model_dir import LoadedModel
 from foresight.pipeline import ForesightPipeline, frames_to_tensor
 
 
@@ -62,14 +63,14 @@ def test_guidance_interval_runs_the_full_branch_alone_outside_it(tiny_model):
 
 
 def test_pipeline_guidance_interval_follows_the_config(tiny_model, monkeypatch):
-    pipe = ForesightPipeline(tiny_model)
+    pipe = ForesightPipeline(LoadedModel.of(tiny_model))
     frames = np.random.default_rng(0).integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)
     every = pipe.predict(frames, ["push the red block left"], steps=3, seed=1, guidance_interval=None)
     assert np.array_equal(every, pipe.predict(frames, ["push the red block left"], steps=3, seed=1))
     never = pipe.predict(frames, ["push the red block left"], steps=3, seed=1, guidance_interval=(1e-9, 1e-8))
     assert np.abs(every.astype(int) - never).max() > 0
     monkeypatch.setattr(tiny_model, "config", replace(tiny_model.config, guidance_interval=(1e-9, 1e-8)))
-    configured = ForesightPipeline(tiny_model)
+    configured = ForesightPipeline(LoadedModel.of(tiny_model))
     assert configured.defaults["guidance_interval"] == (1e-9, 1e-8)
     assert np.array_equal(configured.predict(frames, ["push the red block left"], steps=3, seed=1), never)
 
@@ -85,7 +86,7 @@ def test_guidance_branches_are_built_as_documented(tiny_model):
 
 
 def test_pipeline_is_deterministic_for_a_seed(tiny_model):
-    pipe = ForesightPipeline(tiny_model)
+    pipe = ForesightPipeline(LoadedModel.of(tiny_model))
     frames = np.random.default_rng(0).integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)
     a = pipe.predict(frames, ["push the red block left"], steps=3, seed=7)
     b = pipe.predict(frames, ["push the red block left"], steps=3, seed=7)
@@ -96,7 +97,7 @@ def test_pipeline_is_deterministic_for_a_seed(tiny_model):
 
 
 def test_pipeline_batches_hypotheses_and_resizes(tiny_model):
-    pipe = ForesightPipeline(tiny_model)
+    pipe = ForesightPipeline(LoadedModel.of(tiny_model))
     frames = np.random.default_rng(1).integers(0, 256, (1, 48, 80, 3), dtype=np.uint8)
     out = pipe.predict(frames, ["push the red block left", "pick up the cup", "open the drawer"], steps=2, num_frames=5)
     assert out.shape == (3, 4, 64, 64, 3)
@@ -116,7 +117,7 @@ def test_pipeline_batches_hypotheses_and_resizes(tiny_model):
 )
 def test_pipeline_rejects_bad_input(tiny_model, frames, instructions, kwargs, match):
     with pytest.raises(ValueError, match=match):
-        ForesightPipeline(tiny_model).predict(frames, instructions, steps=1, **kwargs)
+        ForesightPipeline(LoadedModel.of(tiny_model)).predict(frames, instructions, steps=1, **kwargs)
 
 
 def test_frame_tensor_round_trip():

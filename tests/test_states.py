@@ -25,12 +25,8 @@ def test_template_decomposer_is_deterministic_and_sized():
     assert d("") == ["", "", "", ""]
 
 
-def test_none_gives_empty_states_and_model_folders_keep_it(tmp_path):
-    from foresight.model_dir import model_decomposer
-
+def test_none_gives_empty_states(tmp_path):
     assert make_decomposer("none", 3)("push the red block left") == ["", "", ""]
-    (tmp_path / "aid_config.json").write_text(json.dumps({"format": 1, "states": "none"}))
-    assert model_decomposer(str(tmp_path), 2)("lift the cup") == ["", ""]
     with pytest.raises(ValueError, match="'none'"):
         make_decomposer("nothing", 2)
 

@@ -87,7 +87,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, svd_folder):
 
 def test_checkpoints_and_outputs_hold_only_trained_weights(tmp_path, svd_folder):
     out = run(job(tmp_path, svd_folder, "run"))
-    model, _ = load_model_dir(out)
+    model = load_model_dir(out).model
     trained = {k for k, p in model.named_parameters() if p.requires_grad}
     ckpt = tmp_path / "run" / "checkpoints" / "checkpoint-4"
     saved = load_file(str(ckpt / "trainable.safetensors"))
@@ -199,7 +199,7 @@ def test_lerobot_dataset_from_the_simulator_trains_through_the_data_path(tmp_pat
     out = run(job(tmp_path, svd_folder, "lerobot", data={"source": str(dataset)}))
     logged = json.loads((tmp_path / "lerobot" / "stats.json").read_text())
     assert logged["steps"] == 4 and np.isfinite(logged["final_loss"])
-    assert load_file(str(out / "aid.safetensors")).keys() == load_model_dir(out)[0].aid_state_dict().keys()
+    assert load_file(str(out / "aid.safetensors")).keys() == load_model_dir(out).model.aid_state_dict().keys()
 
 
 def test_continuation_starts_from_a_model_folder_and_adds_the_sentence_token(tmp_path, svd_folder):

@@ -208,7 +208,7 @@ def test_ship_packages_a_continuation_and_keeps_the_chain(tmp_path):
     assert json.loads((dest / "aid_config.json").read_text())["svd"] == "../tiny-svd"
     assert {p.name: p.read_bytes() for p in base.rglob("*.safetensors")} == base_bytes  # the base stays as shipped
     assert all(v.dtype == torch.float16 for v in load_file(str(dest / "aid.safetensors")).values())
-    shipped, _ = load_model_dir(dest)
+    shipped = load_model_dir(dest).model
     assert shipped.dqformer is not None and not (tmp_path / "weights" / "tiny.tmp").exists()
 
 

@@ -9,6 +9,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from foresight.dtypes import DTYPE_NAMES
 from foresight.logs import setup_logging
 from foresight.node.process import SERVE_PROGRAM
 from foresight.node.server import (
@@ -29,7 +30,6 @@ from foresight.node.worker import (
 
 log = logging.getLogger(__name__)
 
-DTYPES = ("fp32", "bf16", "fp16")
 RESTART_POLICIES = ("no", "on-failure")
 
 
@@ -52,7 +52,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--curve-clients", type=Path, default=None, help="folder of allowed client public keys")
     parser.add_argument("--insecure", action="store_true",
                         help="allow a non-loopback --bind without CURVE (anyone who can reach it can use the model)")
-    parser.add_argument("--dtype", choices=DTYPES, default="fp32", help="model weights and activations (default fp32)")
+    parser.add_argument("--dtype", choices=DTYPE_NAMES, default="fp32", help="model weights and activations (default fp32)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the UNet; one warm-up prediction runs before the node answers")
     parser.add_argument("--restart", choices=RESTART_POLICIES, default="no",
@@ -157,11 +157,8 @@ def serve_through_ray(args: argparse.Namespace, config: ServerConfig) -> int:
 
 def load_options(args: argparse.Namespace) -> dict:
     """`foresight serve` options -> keyword arguments of foresight.pipeline.load_pipeline."""
-    import torch  # only the serving process needs it
-
     options = {key: value for key, value in (("backend", args.backend), ("engines", args.engines)) if value is not None}
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-    return options | {"device": args.device, "threads": args.threads, "dtype": dtype, "compile": args.compile}
+    return options | {"device": args.device, "threads": args.threads, "dtype": args.dtype, "compile": args.compile}
 
 
 def load_predictor(args: argparse.Namespace) -> Predictor:

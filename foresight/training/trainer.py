@@ -29,6 +29,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from foresight.dtypes import mixed_precision_dtype
 from foresight.states import StateDecomposer, make_decomposer
 from foresight.training.config import TrainConfig, write_resolved
 from foresight.training.data import ClipStream, RecordedEpisodes, SimulatorEpisodes, clip_loader
@@ -36,7 +37,6 @@ from foresight.training.stages import build_stage
 
 logger = logging.getLogger(__name__)
 
-DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 TRAINABLE_FILE = "trainable.safetensors"
 EMA_FILE = "ema.pt"
 
@@ -79,7 +79,7 @@ def train(cfg: TrainConfig) -> Path:
         write_resolved(cfg, out)
     set_seed(cfg.seed)
     stage = build_stage(cfg)
-    params = cast_frozen(stage, DTYPES[cfg.mixed_precision])
+    params = cast_frozen(stage, mixed_precision_dtype(cfg.mixed_precision))
     if cfg.gradient_checkpointing:
         stage.enable_gradient_checkpointing()
     stage.to(accelerator.device)

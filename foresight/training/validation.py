@@ -14,6 +14,7 @@ import numpy as np
 from foresight.evaluation import evaluate_variant, predictions_figure
 from foresight.imaging import fit_frames, read_image
 from foresight.metrics import psnr, ssim
+from foresight.model_dir import LoadedModel
 from foresight.models.aid import AIDModel
 from foresight.pipeline import ForesightPipeline
 from foresight.states import StateDecomposer
@@ -23,9 +24,9 @@ from sim_bridge.tasks import EVAL_SEEDS, TRAINED_KINDS
 
 
 def validate(model: AIDModel, cfg: ValidationConfig, seed: int,
-             decomposer: StateDecomposer | None = None) -> tuple[dict[str, float], np.ndarray]:
+             decomposer: StateDecomposer | str = "template") -> tuple[dict[str, float], np.ndarray]:
     """-> (metrics, uint8 (H, W, 3) sheet: context + predicted frames, recorded last frame)."""
-    pipe = ForesightPipeline(model, {}, decomposer=decomposer)
+    pipe = ForesightPipeline(LoadedModel.of(model, states=decomposer))
     h, w, n, k = pipe.height, pipe.width, pipe.num_frames, pipe.context_frames
     if cfg.source == "simulator":
         seeds = range(EVAL_SEEDS.start, EVAL_SEEDS.start + cfg.episodes)
