@@ -99,7 +99,7 @@ def profile(run: Callable[[], object], unet: nn.Module) -> dict:
 def guided_steps(pipe: ForesightPipeline, steps: int) -> int:
     """Steps that run all three guidance branches; the rest run one."""
     sigmas = karras_sigmas(steps, pipe.model.sigma_min, pipe.model.sigma_max)[:-1]
-    return sum(in_guidance_interval(float(s), pipe.defaults["guidance_interval"]) for s in sigmas)
+    return sum(in_guidance_interval(float(s), pipe.defaults.guidance_interval) for s in sigmas)
 
 
 def compare(pipe: ForesightPipeline, stock: StableVideoDiffusionPipeline, endpoints: dict[str, str],
@@ -112,8 +112,8 @@ def compare(pipe: ForesightPipeline, stock: StableVideoDiffusionPipeline, endpoi
     eq = plan.equal_steps
     out = {"height": h, "width": w, "num_frames": n, "equal_steps": eq, "default_steps": default_steps,
            "stock_guidance": stock_guidance(),
-           "node_guidance": {"frame": pipe.defaults["guidance_frame"], "text": pipe.defaults["guidance_text"],
-                             "interval": pipe.defaults["guidance_interval"]}}
+           "node_guidance": {"frame": pipe.defaults.guidance_frame, "text": pipe.defaults.guidance_text,
+                             "interval": pipe.defaults.guidance_interval}}
     cases = {"stock": lambda: run_stock(stock, image, h, w, n, eq)}
     with ExitStack() as stack:
         for backend, endpoint in endpoints.items():

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from foresight.config import SamplerSettings
 from foresight.logs import setup_logging
 from foresight.node.client import ForesightClient
 from foresight.node.protocol import NodeError
@@ -47,15 +48,16 @@ class SleepingEngine:
 
     def __init__(self, step_s: float = 0.005, per_sample_s: float = 0.02) -> None:
         self.height, self.width, self.num_frames, self.context_frames = 64, 64, 8, 1
-        self.defaults = {"steps": 10, "guidance_frame": 1.0, "guidance_text": 1.0, "guidance_interval": None}
+        self.defaults = SamplerSettings(steps=10, guidance_frame=1.0, guidance_text=1.0)
         self.step_s, self.per_sample_s = step_s, per_sample_s
 
     def info(self) -> dict:
         return {"card": {"name": STAND_IN}, "backend": {"name": "sleep"}, "dtype": "none", "device": "none"}
 
     def predict(self, frames: np.ndarray, instructions: list[str], *, num_frames: int | None = None, steps: int | None = None,
-                guidance_frame: float | None = None, guidance_text: float | None = None, seed: int | list[int] = 0) -> np.ndarray:
-        steps = steps or self.defaults["steps"]
+                guidance_frame: float | None = None, guidance_text: float | None = None,
+                guidance_interval: tuple[float, float] | None = None, seed: int | list[int] = 0) -> np.ndarray:
+        steps = steps or self.defaults.steps
         time.sleep(steps * (self.step_s + self.per_sample_s * len(instructions)))
         n = (num_frames or self.num_frames) - self.context_frames
         return np.zeros((len(instructions), n, self.height, self.width, 3), np.uint8)

@@ -353,7 +353,7 @@ def stage_timing(workdir: Path) -> dict:
     calls = {name: (lambda pipe=pipe: pipe.predict(frames, [INSTRUCTION], seed=0)) for name, pipe in pipes.items()}
     # one warm-up request compiles both UNet shapes (3 guidance branches, and 1 outside the interval)
     timings = measure_side_by_side(calls, runs=3, warmup=1, label="request", sync=torch.cuda.synchronize)
-    return {"ok": not refused, "refused": refused, "steps": first.defaults["steps"],
+    return {"ok": not refused, "refused": refused, "steps": first.defaults.steps,
             "timings": {name: t.to_dict() for name, t in timings.items()}}
 
 

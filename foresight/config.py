@@ -55,6 +55,37 @@ class DQFormerConfig:
 
 
 @dataclass(frozen=True)
+class SamplerSettings:
+    """How a prediction samples, every value resolved: s_V (frame guidance), s_T (text guidance).
+
+    The one place a request's unset values take the model's defaults (`resolve`), for the
+    pipeline, the node and evaluation alike; two requests with equal settings can share a model call.
+    """
+
+    steps: int
+    guidance_frame: float
+    guidance_text: float
+    guidance_interval: tuple[float, float] | None = None  # (low, high] noise levels where guidance applies
+
+    def resolve(self, steps: int | None = None, guidance_frame: float | None = None, guidance_text: float | None = None,
+                guidance_interval: tuple[float, float] | None | str = "config") -> SamplerSettings:
+        """These settings (a model's defaults) with each given value in place of its default.
+
+        None keeps the default, except for guidance_interval, where None means "guide at every
+        step" and "config" keeps the default.
+        """
+        if steps is not None and steps < 1:
+            raise ValueError(f"steps must be at least 1, got {steps}")
+        return SamplerSettings(
+            steps=self.steps if steps is None else int(steps),
+            guidance_frame=self.guidance_frame if guidance_frame is None else float(guidance_frame),
+            guidance_text=self.guidance_text if guidance_text is None else float(guidance_text),
+            guidance_interval=self.guidance_interval if guidance_interval == "config"
+            else None if guidance_interval is None else tuple(guidance_interval),
+        )
+
+
+@dataclass(frozen=True)
 class AIDConfig:
     """Everything that shapes an AID model besides the frozen SVD weights.
 
@@ -95,6 +126,11 @@ class AIDConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def sampler(self) -> SamplerSettings:
+        """The model's default sampler."""
+        return SamplerSettings(self.steps, self.guidance_frame, self.guidance_text, self.guidance_interval)
 
     @classmethod
     def from_dict(cls, data: dict) -> "AIDConfig":

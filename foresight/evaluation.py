@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from foresight.config import SamplerSettings
 from foresight.imaging import contact_sheet, fit_frames, write_png
 from foresight.metrics import distance_note, psnr, ssim, video_distances
 from foresight.model_dir import load_model
@@ -70,10 +71,7 @@ def predictions_figure(episodes: list[Episode], preds: np.ndarray, context_frame
     return np.repeat(np.repeat(sheet, scale, axis=0), scale, axis=1)
 
 
-Sampler = dict  # steps, guidance_interval, guidance_frame, guidance_text: as in ForesightPipeline.predict
-
-
-def predict_episodes(pipe: ForesightPipeline, episodes: list[Episode], seed: int, sampler: Sampler,
+def predict_episodes(pipe: ForesightPipeline, episodes: list[Episode], seed: int, sampler: SamplerSettings,
                      batch: int = 8) -> np.ndarray:
     """Predict every episode from its first K frames, episode i with sampling seed `seed + i`;
     returns uint8 (E, N-K, H, W, 3)."""
@@ -83,7 +81,7 @@ def predict_episodes(pipe: ForesightPipeline, episodes: list[Episode], seed: int
         chunk = episodes[start : start + batch]
         frames = np.stack([ep.frames[:k] for ep in chunk])
         preds.append(pipe.predict(frames, [ep.instruction for ep in chunk],
-                                  seed=[seed + start + i for i in range(len(chunk))], **sampler))
+                                  seed=[seed + start + i for i in range(len(chunk))], **asdict(sampler)))
     return np.concatenate(preds)
 
 
@@ -120,7 +118,7 @@ def follow_scores(episodes: list[Episode], preds: np.ndarray) -> dict:
     }
 
 
-def evaluate_variant(pipe: ForesightPipeline, episodes: list[Episode], seed: int, sampler: Sampler,
+def evaluate_variant(pipe: ForesightPipeline, episodes: list[Episode], seed: int, sampler: SamplerSettings,
                      i3d: str | None = None, follow: bool = True, figure: str | Path | None = None,
                      figure_rows: int = 6) -> dict:
     """Predict every episode (or clip) from its first K frames and score the prediction.
@@ -144,20 +142,9 @@ def _check_variants(variants: tuple[str, ...], allowed: tuple[str, ...]) -> None
         raise ValueError(f"variants must be a non-empty subset of {allowed}, got {list(variants)}")
 
 
-def _report_head(spec: str, probe: ForesightPipeline, sampler: Sampler, i3d: str | None) -> dict:
+def _report_head(spec: str, sampler: SamplerSettings, i3d: str | None) -> dict:
     """What every report states first: the model, the sampler as resolved, and which distances it holds."""
-    head = {"model": spec, **sampler}
-    for key in ("steps", "guidance_frame", "guidance_text"):
-        head[key] = probe.defaults[key] if head[key] is None else head[key]
-    return head | {"distance_note": distance_note(i3d)}
-
-
-def _sampler(probe: ForesightPipeline, steps: int | None,
-             guidance_interval: tuple[float, float] | None | Literal["config"],
-             guidance_frame: float | None, guidance_text: float | None) -> Sampler:
-    interval = probe.defaults["guidance_interval"] if guidance_interval == "config" else guidance_interval
-    return {"steps": steps, "guidance_interval": interval, "guidance_frame": guidance_frame,
-            "guidance_text": guidance_text}
+    return {"model": spec, **asdict(sampler), "distance_note": distance_note(i3d)}
 
 
 def run_eval(spec: str, n: int, seed: int, variants: tuple[str, ...] = VARIANTS, steps: int | None = None,
@@ -179,8 +166,8 @@ def run_eval(spec: str, n: int, seed: int, variants: tuple[str, ...] = VARIANTS,
     seeds = range(EVAL_SEEDS.start + seed, EVAL_SEEDS.start + seed + n)
     plain = list(tabletop_episodes(seeds, size, frames, TRAINED_KINDS))
     reworded = list(tabletop_episodes(seeds, size, frames, TRAINED_KINDS, paraphrase=True))
-    sampler = _sampler(probe, steps, guidance_interval, guidance_frame, guidance_text)
-    report = _report_head(spec, probe, sampler, i3d) | {"seeds": [seeds.start, seeds.stop], "variants": {}}
+    sampler = probe.defaults.resolve(steps, guidance_frame, guidance_text, guidance_interval)
+    report = _report_head(spec, sampler, i3d) | {"seeds": [seeds.start, seeds.stop], "variants": {}}
     for variant in variants:
         logger.info("evaluating %s on %d episodes", variant, n)
         pipe = probe if variant == "aid" else variant_pipeline(spec, variant)
@@ -240,8 +227,8 @@ def run_eval_recorded(spec: str, episodes_dir: str | Path, n: int, seed: int,
     if len(clips) < 2:
         raise ValueError(f"{episodes_dir}: {len(clips)} usable clip(s) of {probe.num_frames} frames at stride "
                          f"{stride} from {len(picked)} episodes (skipped: {skipped}); the distances need at least 2")
-    sampler = _sampler(probe, steps, guidance_interval, guidance_frame, guidance_text)
-    report = _report_head(spec, probe, sampler, i3d) | {
+    sampler = probe.defaults.resolve(steps, guidance_frame, guidance_text, guidance_interval)
+    report = _report_head(spec, sampler, i3d) | {
         "episodes_dir": str(episodes_dir), "episodes_found": len(sources), "episodes_used": len(picked),
         "skipped": skipped, "clips": len(clips),
         "clip": {"num_frames": probe.num_frames, "context_frames": probe.context_frames, "stride": stride,

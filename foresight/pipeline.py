@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import asdict
 from typing import Literal, Sequence
 
 import numpy as np
@@ -55,8 +56,7 @@ class ForesightPipeline:
         self.decomposer = loaded.states
         self.height, self.width = cfg.height, cfg.width
         self.num_frames, self.context_frames = cfg.num_frames, cfg.context_frames
-        self.defaults = {"steps": cfg.steps, "guidance_frame": cfg.guidance_frame, "guidance_text": cfg.guidance_text,
-                         "guidance_interval": cfg.guidance_interval}
+        self.defaults = cfg.sampler
         self.backend = backend or TorchBackend(model)
         self.backend_info = backend_info or {
             "name": self.backend.name,
@@ -73,7 +73,7 @@ class ForesightPipeline:
             "width": self.width,
             "num_frames": self.num_frames,
             "context_frames": self.context_frames,
-            "defaults": self.defaults,
+            "defaults": asdict(self.defaults),
             "dtype": str(self.model.dtype).removeprefix("torch."),
             "device": str(self.model.device),
             "num_states": cfg.num_states,
@@ -128,10 +128,7 @@ class ForesightPipeline:
         """
         start = time.perf_counter()
         num_frames = num_frames or self.num_frames
-        steps = steps or self.defaults["steps"]
-        s_v = self.defaults["guidance_frame"] if guidance_frame is None else guidance_frame
-        s_t = self.defaults["guidance_text"] if guidance_text is None else guidance_text
-        interval = self.defaults["guidance_interval"] if guidance_interval == "config" else guidance_interval
+        sampler = self.defaults.resolve(steps, guidance_frame, guidance_text, guidance_interval)
         frames = self._check(frames, instructions, num_frames)
         m, k = len(instructions), self.context_frames
         seeds = [seed + i for i in range(m)] if isinstance(seed, int) else list(seed)
@@ -151,15 +148,17 @@ class ForesightPipeline:
             frames_to_tensor(frames), instructions, states, num_frames, torch.stack(aug_noise),
             dqformer=self.backend.dqformer,
         )
-        guided = TwoScaleGuidance(self.denoiser, cond, s_v, s_t, interval)
+        guided = TwoScaleGuidance(self.denoiser, cond, sampler.guidance_frame, sampler.guidance_text,
+                                  sampler.guidance_interval)
         # 3. sample from sigma_max down to 0: float64 schedule, float32 state, the model's dtype inside
-        sigmas = karras_sigmas(steps, model.sigma_min, model.sigma_max).to(model.device)
+        sigmas = karras_sigmas(sampler.steps, model.sigma_min, model.sigma_max).to(model.device)
         x = (torch.stack(latent_noise) * float(sigmas[0])).to(model.device)
         latents = sample_euler(guided, x, sigmas, disable=not progress)
         # 4. decode the predicted frames
         frames_out = model.decode_latents(latents, self.backend.vae_decoder, decode_chunk_size)
         video = tensor_to_frames(frames_out[:, k:])
-        logger.info("predicted %d x %d frames in %.2fs (%d steps)", m, num_frames - k, time.perf_counter() - start, steps)
+        logger.info("predicted %d x %d frames in %.2fs (%d steps)", m, num_frames - k, time.perf_counter() - start,
+                    sampler.steps)
         return video
 
     @property

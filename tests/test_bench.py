@@ -1,12 +1,14 @@
 """Smoke test of the bench plumbing: every section once at tiny sizes; the figures are not checked."""
 
 import json
+import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from bench.__main__ import main
-from bench.core import OtherLoad, fit_growth, measure_side_by_side
+from bench.core import _busy_ticks, fit_growth, measure_side_by_side
 
 
 def test_fit_growth_names_the_order():
@@ -42,15 +44,29 @@ def test_quick_bench_writes_table_json_and_plot(tmp_path, capsys):
     assert (tmp_path / "bench.md").read_text().startswith("Machine:")
 
 
-BUSY = "import time\nend = time.monotonic() + 1.0\nwhile time.monotonic() < end: pass\n"
+BUSY_CPU = "import time\nwhile time.process_time() < 0.5: pass\n"  # half a second of CPU, however long that takes
+
+
+def running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
 
 
 def test_other_load_counts_strangers_but_not_the_bench_own_children():
-    with OtherLoad() as own_child:
-        subprocess.run([sys.executable, "-c", BUSY], check=True)
+    """On CPU-time counters, so it holds however busy the machine is (wall-clock load did not)."""
+    tick = 1 / os.sysconf("SC_CLK_TCK")
+    busy0, own0 = _busy_ticks()
+    subprocess.run([sys.executable, "-c", BUSY_CPU], check=True)  # the bench's own child
+    busy1, own1 = _busy_ticks()
+    assert (own1 - own0) * tick >= 0.4
     # started by a shell that exits at once: the busy process is then no child of ours
-    subprocess.run(["sh", "-c", f'"{sys.executable}" -c "$0" &', BUSY], check=True)
-    with OtherLoad() as other:
-        time.sleep(1.2)
-    assert own_child.cores < 0.5
-    assert other.cores > 0.5
+    pid = int(subprocess.run(["sh", "-c", f'"{sys.executable}" -c "$0" >/dev/null & echo $!', BUSY_CPU],
+                             check=True, capture_output=True, text=True).stdout)
+    deadline = time.monotonic() + 120
+    while running(pid):
+        assert time.monotonic() < deadline, "the stranger process did not end"
+        time.sleep(0.05)
+    busy2, own2 = _busy_ticks()
+    assert (own2 - own1) * tick < 0.3 and (busy2 - busy1) * tick >= 0.4

@@ -15,6 +15,7 @@ from test_replay import Echo
 ECHO_NODE = f"""
 import argparse, time
 import numpy as np
+from foresight.config import SamplerSettings
 from foresight.node.server import ServerConfig, serve
 {__import__("inspect").getsource(Echo)}
 parser = argparse.ArgumentParser()

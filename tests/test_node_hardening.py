@@ -164,6 +164,7 @@ def test_memory_is_flat_over_repeated_adversarial_rounds() -> None:
 UNREAD_NODE = f"""
 import sys, time
 import numpy as np
+from foresight.config import SamplerSettings
 from foresight.node.server import ServerConfig, serve
 {inspect.getsource(Echo)}
 serve(Echo(), ServerConfig(bind=sys.argv[1], max_queue=1000))

@@ -19,6 +19,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
+from foresight.config import SamplerSettings
 from foresight.imaging import fit_frames, fit_point
 from foresight.node.client import ForesightClient
 from foresight.node.server import NodeServer, ServerConfig
@@ -46,7 +47,7 @@ class Echo:
 
     height = width = 64
     num_frames, context_frames = 8, 1
-    defaults = {"steps": 4, "guidance_frame": 1.5, "guidance_text": 3.0}
+    defaults = SamplerSettings(steps=4, guidance_frame=1.5, guidance_text=3.0)
 
     def __init__(self, delay_s: float = 0.0) -> None:
         self.delay_s = delay_s

@@ -71,7 +71,7 @@ def test_pipeline_guidance_interval_follows_the_config(tiny_model, monkeypatch):
     assert np.abs(every.astype(int) - never).max() > 0
     monkeypatch.setattr(tiny_model, "config", replace(tiny_model.config, guidance_interval=(1e-9, 1e-8)))
     configured = ForesightPipeline(LoadedModel.of(tiny_model))
-    assert configured.defaults["guidance_interval"] == (1e-9, 1e-8)
+    assert configured.defaults.guidance_interval == (1e-9, 1e-8)
     assert np.array_equal(configured.predict(frames, ["push the red block left"], steps=3, seed=1), never)
 
 

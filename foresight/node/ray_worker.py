@@ -36,7 +36,6 @@ from foresight.node.worker import (
     JobResult,
     LocalWorker,
     Predictor,
-    Settings,
 )
 from foresight.node.worker import (
     warm_up as run_warm_up,  # `warm_up` is also a setting's name
@@ -89,7 +88,7 @@ class ForesightReplica:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[JobResult] = loop.create_future()
         try:
-            job = Job(request["frames"], tuple(request["instructions"]), tuple(request["seeds"]), Settings(**request["settings"]),
+            job = Job(request["frames"], tuple(request["instructions"]), tuple(request["seeds"]), request["settings"],
                       request["deadline"], lambda job, result: loop.call_soon_threadsafe(done.set_result, result))
             self.worker.submit(job)  # NodeError (OVERLOADED) travels back to the front as a RayTaskError
         except NodeError:
@@ -212,7 +211,7 @@ class RayWorker:
 
     def _call(self, job: Job) -> JobResult:
         request = {"frames": job.frames, "instructions": list(job.instructions), "seeds": list(job.seeds),
-                   "settings": vars(job.settings), "deadline": job.deadline}
+                   "settings": job.settings, "deadline": job.deadline}
         for attempt in range(RETRIES + 1):
             timeout = None if job.deadline is None else max(job.deadline - time.time(), 0.0)
             response = self.handle.remote(request)

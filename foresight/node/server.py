@@ -275,7 +275,7 @@ class NodeServer:
         if code is not None:
             self._errors_by_code[code] += 1
         try:
-            self._socket.send_multipart(envelope + [body], zmq.NOBLOCK)
+            self._send_now(envelope + [body])
         except zmq.ZMQError as exc:  # the client has gone, or has max_unread_replies replies unread
             self._dropped += 1
             if time.monotonic() - self._drop_warned > DROP_WARN_EVERY_S:
@@ -284,6 +284,19 @@ class NodeServer:
                             self.config.max_unread_replies, exc.strerror, self._dropped)
                 self._drop_warned = time.monotonic()
         self._served += 1
+
+    def _send_now(self, parts: list[bytes]) -> None:
+        """Queue a message without blocking; zmq.ZMQError (EAGAIN, EHOSTUNREACH) if it cannot be queued.
+
+        A socket learns how much its peers have read from commands it processes lazily, so a
+        busy front may think a reading client's queue is full: on EAGAIN it processes them
+        (reading ZMQ_EVENTS does) and tries once more before the reply counts as dropped.
+        """
+        try:
+            self._socket.send_multipart(parts, zmq.NOBLOCK)
+        except zmq.Again:
+            self._socket.getsockopt(zmq.EVENTS)
+            self._socket.send_multipart(parts, zmq.NOBLOCK)
 
     def _encode(self, reply: dict) -> tuple[bytes, str | None]:
         """The reply's bytes and its error code (None for success); an unencodable reply becomes INTERNAL."""
@@ -369,13 +382,8 @@ class NodeServer:
         if request.deadline is not None and request.deadline < time.time():
             raise NodeError(ErrorCode.TIMEOUT, f"deadline {request.deadline:.3f} passed before the request arrived")
         frames = prepare_frames(request.frames, self.spec, self.config.limits)
-        defaults = self._worker.defaults
-        settings = Settings(
-            num_frames=request.num_frames or self.spec.num_frames,
-            steps=request.steps or int(defaults["steps"]),
-            guidance_frame=_or(request.guidance_frame, defaults["guidance_frame"]),
-            guidance_text=_or(request.guidance_text, defaults["guidance_text"]),
-        )
+        settings = Settings(num_frames=request.num_frames or self.spec.num_frames,
+                            sampler=self._worker.defaults.resolve(request.steps, request.guidance_frame, request.guidance_text))
         decode_s = time.perf_counter() - received
 
         def on_done(job: Job, result: JobResult) -> None:
@@ -417,7 +425,7 @@ class NodeServer:
                 "size": [self.spec.height, self.spec.width],
                 "num_frames": self.spec.num_frames,
                 "context_frames": self.spec.context_frames,
-                "defaults": dict(self._worker.defaults),
+                "defaults": asdict(self._worker.defaults),
                 "limits": asdict(self.config.limits),
                 "max_message_bytes": self.config.max_message_bytes,
                 "max_unread_replies": self.config.max_unread_replies,
@@ -430,10 +438,6 @@ class NodeServer:
 
 def _timed(reply: dict, received: float) -> dict:
     return reply | {"timing": {"total_s": time.perf_counter() - received}}
-
-
-def _or(value: float | None, default: Any) -> float:
-    return float(default) if value is None else value
 
 
 def serve(worker: Worker | Predictor, config: ServerConfig = ServerConfig()) -> None:

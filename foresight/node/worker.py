@@ -17,6 +17,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
+from foresight.config import SamplerSettings
 from foresight.node.protocol import ErrorCode, ModelSpec, NodeError, quote
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ class Predictor(Protocol):
     width: int
     num_frames: int
     context_frames: int
-    defaults: dict
+    defaults: SamplerSettings
 
     def predict(
         self,
@@ -45,6 +46,7 @@ class Predictor(Protocol):
         steps: int | None = None,
         guidance_frame: float | None = None,
         guidance_text: float | None = None,
+        guidance_interval: tuple[float, float] | None = None,
         seed: int | list[int] = 0,
     ) -> np.ndarray: ...
 
@@ -53,12 +55,10 @@ class Predictor(Protocol):
 
 @dataclass(frozen=True)
 class Settings:
-    """Sampling settings, fully resolved: jobs with equal settings can share one model call."""
+    """A job's clip length and sampler, fully resolved: jobs with equal settings can share one model call."""
 
     num_frames: int
-    steps: int
-    guidance_frame: float
-    guidance_text: float
+    sampler: SamplerSettings
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ class Worker(Protocol):
     """
 
     spec: ModelSpec
-    defaults: dict  # steps, guidance_frame, guidance_text, guidance_interval
+    defaults: SamplerSettings  # the model's; a request's unset values take these
     incidents: Incidents  # the node's one incident log and count; the front records its own failures in it too
 
     def start(self) -> None: ...
@@ -158,7 +158,7 @@ class LocalWorker:
         """labels: added to the model summary of every result (a Ray replica's id and process)."""
         self.predictor = predictor
         self.spec = ModelSpec(predictor.height, predictor.width, predictor.num_frames, predictor.context_frames)
-        self.defaults = dict(predictor.defaults)
+        self.defaults = predictor.defaults
         self.card = predictor.info()
         self.summary = model_summary(self.card) | (labels or {})
         self.max_queue = max_queue
@@ -249,15 +249,17 @@ class LocalWorker:
     def _run_batch(self, jobs: list[Job]) -> None:
         started = time.perf_counter()
         settings = jobs[0].settings
+        sampler = settings.sampler
         try:
             frames = np.concatenate([np.broadcast_to(j.frames, (len(j.instructions),) + j.frames.shape) for j in jobs])
             out = self.predictor.predict(
                 frames,
                 [text for j in jobs for text in j.instructions],
                 num_frames=settings.num_frames,
-                steps=settings.steps,
-                guidance_frame=settings.guidance_frame,
-                guidance_text=settings.guidance_text,
+                steps=sampler.steps,
+                guidance_frame=sampler.guidance_frame,
+                guidance_text=sampler.guidance_text,
+                guidance_interval=sampler.guidance_interval,
                 seed=[seed for j in jobs for seed in j.seeds],
             )
             expected = (len(frames), settings.num_frames - frames.shape[1]) + frames.shape[2:]

@@ -33,7 +33,7 @@ def validate(model: AIDModel, cfg: ValidationConfig, seed: int,
         episodes = list(tabletop_episodes(seeds, h, n, TRAINED_KINDS))
         with tempfile.TemporaryDirectory() as tmp:
             figure = Path(tmp) / "predictions.png"
-            result = evaluate_variant(pipe, episodes, seed, {"steps": cfg.steps}, figure=figure)
+            result = evaluate_variant(pipe, episodes, seed, pipe.defaults.resolve(cfg.steps), figure=figure)
             sheet = read_image(figure)
         return {key: result[key] for key in ("follow_rate", "psnr", "ssim")}, sheet
     source = RecordedEpisodes(cfg.source)
