@@ -122,7 +122,7 @@ def run(replica_counts: list[int], clients: int, requests: int, steps: int) -> l
                 server = NodeServer(worker, ServerConfig(bind="tcp://127.0.0.1:*"))
                 thread = threading.Thread(target=server.run, daemon=True)
                 thread.start()
-                shape = (worker.spec.context_frames, worker.spec.height, worker.spec.width, 3)
+                shape = (worker.geometry.context_frames, worker.geometry.height, worker.geometry.width, 3)
                 row = {"engine": engine, "replicas": replicas, "ready_s": ready_s} | load(server.endpoint, clients, requests, steps, shape)
                 log.info("%s", row)
                 rows.append(row)

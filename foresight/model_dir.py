@@ -129,13 +129,13 @@ def load_model_dir(path: str | Path, dtype: torch.dtype = torch.float32, knockou
     config_file = path / "aid_config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{path} is not an AID model folder: no aid_config.json")
-    spec = json.loads(config_file.read_text())
-    if spec.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{config_file}: format {spec.get('format')!r}, this version reads {FORMAT_VERSION}")
-    config = knocked_out(AIDConfig.from_dict(spec["aid"]), knockouts)
-    svd_path = Path(spec["svd"])
+    folder_config = json.loads(config_file.read_text())
+    if folder_config.get("format") != FORMAT_VERSION:
+        raise ValueError(f"{config_file}: format {folder_config.get('format')!r}, this version reads {FORMAT_VERSION}")
+    config = knocked_out(AIDConfig.from_dict(folder_config["aid"]), knockouts)
+    svd_path = Path(folder_config["svd"])
     svd = load_svd(svd_path if svd_path.is_absolute() else path / svd_path, dtype=dtype)
-    text_ref = spec.get("text_encoder")
+    text_ref = folder_config.get("text_encoder")
     text = None if text_ref is None else TextEncoder(resolve_text_encoder(text_ref, path), config.text_max_length)
     model = AIDModel(svd, text, config)
     weights = path / "aid.safetensors"
@@ -144,7 +144,7 @@ def load_model_dir(path: str | Path, dtype: torch.dtype = torch.float32, knockou
     model.load_aid_weights(weights, strict=not knockouts)
     card_file = path / "model_card.json"
     card = json.loads(card_file.read_text()) if card_file.is_file() else {}
-    states = spec.get("states", "template")  # absent in folders older than the field: template
+    states = folder_config.get("states", "template")  # absent in folders older than the field: template
     if states not in ("template", "none") and not Path(states).is_absolute():
         states = str(path / states)
     return LoadedModel(model, card, make_decomposer(states, config.num_states))
@@ -164,9 +164,9 @@ def save_model_dir(
     if svd is None:
         model.svd_components().save_pretrained(path / "svd")
         svd = "svd"
-    spec = {"format": FORMAT_VERSION, "aid": model.config.to_dict(), "svd": svd, "text_encoder": text_encoder,
+    folder_config = {"format": FORMAT_VERSION, "aid": model.config.to_dict(), "svd": svd, "text_encoder": text_encoder,
             "states": states}
-    (path / "aid_config.json").write_text(json.dumps(spec, indent=2))
+    (path / "aid_config.json").write_text(json.dumps(folder_config, indent=2))
     model.save_aid_weights(path / "aid.safetensors")
     if card is not None:
         (path / "model_card.json").write_text(json.dumps(card, indent=2))

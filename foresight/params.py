@@ -90,13 +90,13 @@ def folder_architecture(spec: str) -> Architecture:
     config_file = folder / "aid_config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{folder} is not an AID model folder: no aid_config.json")
-    spec_json = json.loads(config_file.read_text())
-    svd = Path(spec_json["svd"])
+    folder_config = json.loads(config_file.read_text())
+    svd = Path(folder_config["svd"])
     svd = svd if svd.is_absolute() else folder / svd
-    text = AutoConfig.from_pretrained(resolve_text_encoder(spec_json["text_encoder"], folder), local_files_only=True)
+    text = AutoConfig.from_pretrained(resolve_text_encoder(folder_config["text_encoder"], folder), local_files_only=True)
     return Architecture(
         spec,
-        AIDConfig.from_dict(spec_json["aid"]),
+        AIDConfig.from_dict(folder_config["aid"]),
         dict(UNetSpatioTemporalConditionModel.load_config(svd / "unet")),
         dict(AutoencoderKLTemporalDecoder.load_config(svd / "vae")),
         CLIPVisionConfig.from_pretrained(svd / "image_encoder").to_dict(),

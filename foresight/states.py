@@ -182,18 +182,18 @@ class EmptyDecomposer:
         return [""] * self.num_states
 
 
-def make_decomposer(spec: str, num_states: int) -> StateDecomposer:
+def make_decomposer(source: str, num_states: int) -> StateDecomposer:
     """'template', 'none' (no states), a JSON file of `foresight states` answers, or a local VLM folder."""
-    if spec == "template":
+    if source == "template":
         return TemplateDecomposer(num_states)
-    if spec == "none":
+    if source == "none":
         return EmptyDecomposer(num_states)
-    path = Path(spec)
+    path = Path(source)
     if path.suffix == ".json":
         return StatesCache(path, num_states)
     if path.is_dir():
         return VLMDecomposer(path, num_states)
-    raise ValueError(f"states must be 'template', 'none', a .json cache or a VLM folder, got {spec!r}")
+    raise ValueError(f"states must be 'template', 'none', a .json cache or a VLM folder, got {source!r}")
 
 
 def build_states_cache(instructions_and_frames, decomposer: StateDecomposer, path: str | Path) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 
 import pytest
 
@@ -52,7 +53,7 @@ def test_demo_end_to_end_with_tiny_random(tmp_path, children, capsys):
 
 
 def test_node_stops_when_the_demo_fails(tmp_path, children, monkeypatch):
-    monkeypatch.setattr(process, "SERVE_PROGRAM", ECHO_NODE)
+    monkeypatch.setattr(process, "SERVE_COMMAND", (sys.executable, "-c", ECHO_NODE))
 
     def broken_replay(*args, **kwargs):
         raise RuntimeError("replay broke")
@@ -64,7 +65,7 @@ def test_node_stops_when_the_demo_fails(tmp_path, children, monkeypatch):
 
 
 def test_node_that_dies_at_start_is_reported(tmp_path, children, monkeypatch):
-    monkeypatch.setattr(process, "SERVE_PROGRAM", "raise SystemExit('no such model')")
+    monkeypatch.setattr(process, "SERVE_COMMAND", (sys.executable, "-c", "raise SystemExit('no such model')"))
     with pytest.raises(RuntimeError, match="no such model"):
         demo.run_demo(tmp_path, model="missing")
     assert children[0].poll() == 1

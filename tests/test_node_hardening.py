@@ -26,7 +26,7 @@ import zmq.auth
 
 from bench import unread
 from foresight.node import wire
-from foresight.node.process import SERVE_PROGRAM, free_port
+from foresight.node.process import SERVE_COMMAND, free_port
 from foresight.node.protocol import ErrorCode
 from foresight.node.server import NodeServer, ServerConfig
 from foresight.pipeline import load_pipeline
@@ -142,7 +142,7 @@ def test_whole_message_size_and_frame_count_are_limited(pipe) -> None:
 @pytest.mark.slow
 def test_memory_is_flat_over_repeated_adversarial_rounds() -> None:
     endpoint = f"tcp://127.0.0.1:{free_port()}"
-    proc = subprocess.Popen([sys.executable, "-c", SERVE_PROGRAM, "--model", "tiny-random", "--bind", endpoint],
+    proc = subprocess.Popen([*SERVE_COMMAND, "--model", "tiny-random", "--bind", endpoint],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ | {"OMP_NUM_THREADS": "1"})
     socket = dealer(endpoint)
     try:
@@ -254,7 +254,7 @@ def test_non_loopback_bind_without_curve_is_refused(pipe) -> None:
 
 def serve_error(*args: Any) -> str:
     """Run `foresight serve` with a bad setup: it must exit 2 with one line, before loading any model."""
-    done = subprocess.run([sys.executable, "-c", SERVE_PROGRAM, "--model", "no-such-model", *map(str, args)],
+    done = subprocess.run([*SERVE_COMMAND, "--model", "no-such-model", *map(str, args)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()

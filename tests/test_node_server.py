@@ -22,7 +22,9 @@ from foresight.node import wire
 from foresight.node.client import CurveKeys, ForesightClient, NodeUnavailable
 from foresight.node.protocol import ErrorCode, NodeError
 from foresight.node.server import NodeServer, ServerConfig
+from foresight.imaging import fit_frames
 from foresight.pipeline import load_pipeline
+from test_replay import Echo
 
 FAST = {"steps": 1, "num_frames": 2}  # one predicted frame, one sampler step: keeps the model cheap
 TIMEOUT_S = 120.0  # the model shares a small CPU with other work: be patient, not flaky
@@ -246,42 +248,47 @@ socket.recv()
 """
 
 
-def test_concurrent_clients_each_get_their_own_replies(pipe, node) -> None:
+def test_concurrent_clients_each_get_their_own_replies() -> None:
+    """Routing, not the model: the stand-in answers with each request's own context frame, so a reply
+    that reached the wrong client shows in its pixels as well as in its id and shape."""
     clients, requests = 8, 20
+    echo = Echo()
     results: dict[int, list[tuple[str, tuple]]] = {}
     errors: list[BaseException] = []
 
-    def run(c: int) -> None:
+    def run(endpoint: str, c: int) -> None:
         try:
-            with ForesightClient(node.endpoint, timeout_s=TIMEOUT_S, retries=0) as client:
+            with ForesightClient(endpoint, timeout_s=TIMEOUT_S, retries=0) as client:
                 got = []
                 for r in range(requests):
                     m = 2 if r % 5 == 0 else 1  # a reply's shape tells whose request it answers
-                    reply = client.call({"method": "predict", "id": f"c{c}-r{r}", "frames": frames_for(pipe, seed=c),
+                    reply = client.call({"method": "predict", "id": f"c{c}-r{r}", "frames": frames_for(echo, seed=c),
                                          "instruction": [f"client {c} request {r}"] * m, **FAST})
+                    assert np.array_equal(reply["frames"][0, 0], fit_frames(frames_for(echo, seed=c), 64, 64)[0])
                     got.append((reply["id"], reply["frames"].shape))
                 results[c] = got
         except BaseException as exc:  # re-raised in the main thread below
             errors.append(exc)
 
-    doomed = subprocess.Popen([sys.executable, "-c", KILLED_CLIENT, node.endpoint], stdout=subprocess.PIPE, text=True)
-    assert doomed.stdout.readline().strip() == "sent"
-    threads = [threading.Thread(target=run, args=(c,)) for c in range(clients)]
-    for thread in threads:
-        thread.start()
-    doomed.kill()  # vanishes while its request is queued or running
-    doomed.wait()
-    vanished = dealer(zmq.Context.instance(), node.endpoint)
-    vanished.send(wire.packb({"method": "predict", "id": "gone", "frames": frames_for(pipe), "instruction": "y", **FAST}))
-    vanished.close()
-    for thread in threads:
-        thread.join(timeout=3 * TIMEOUT_S)
-    assert not errors, errors
-    for c in range(clients):
-        assert [i for i, _ in results[c]] == [f"c{c}-r{r}" for r in range(requests)]
-        assert [s[0] for _, s in results[c]] == [2 if r % 5 == 0 else 1 for r in range(requests)]
-    with ForesightClient(node.endpoint, timeout_s=TIMEOUT_S) as client:
-        assert client.health()["pending"] == 0
+    with Running(echo) as node:
+        doomed = subprocess.Popen([sys.executable, "-c", KILLED_CLIENT, node.endpoint], stdout=subprocess.PIPE, text=True)
+        assert doomed.stdout.readline().strip() == "sent"
+        threads = [threading.Thread(target=run, args=(node.endpoint, c)) for c in range(clients)]
+        for thread in threads:
+            thread.start()
+        doomed.kill()  # vanishes while its request is queued or running
+        doomed.wait()
+        vanished = dealer(zmq.Context.instance(), node.endpoint)
+        vanished.send(wire.packb({"method": "predict", "id": "gone", "frames": frames_for(echo), "instruction": "y", **FAST}))
+        vanished.close()
+        for thread in threads:
+            thread.join(timeout=3 * TIMEOUT_S)
+        assert not errors, errors
+        for c in range(clients):
+            assert [i for i, _ in results[c]] == [f"c{c}-r{r}" for r in range(requests)]
+            assert [s[0] for _, s in results[c]] == [2 if r % 5 == 0 else 1 for r in range(requests)]
+        with ForesightClient(node.endpoint, timeout_s=TIMEOUT_S) as client:
+            assert client.health()["pending"] == 0
 
 
 def test_curve_allows_listed_client_and_refuses_unknown_key(pipe, tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 import zmq
 
 from foresight.node import wire
-from foresight.node.process import SERVE_PROGRAM
+from foresight.node.process import SERVE_COMMAND
 from foresight.node.protocol import ErrorCode
 
 STARTUP_S = 120.0
@@ -25,7 +25,7 @@ REPLY_MS = 120_000
 def test_sigterm_drains_in_flight_work_then_exits_cleanly() -> None:
     proc = subprocess.Popen(
         # --max-batch 2: each 2-instruction request runs alone, so queued work is visible as pending
-        [sys.executable, "-c", SERVE_PROGRAM, "--model", "tiny-random", "--bind", "tcp://127.0.0.1:*", "--max-batch", "2"],
+        [*SERVE_COMMAND, "--model", "tiny-random", "--bind", "tcp://127.0.0.1:*", "--max-batch", "2"],
         stderr=subprocess.PIPE, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"},  # see test_node_server
     )
     lines: queue.Queue[str] = queue.Queue()
@@ -42,7 +42,7 @@ def test_sigterm_drains_in_flight_work_then_exits_cleanly() -> None:
             socket.connect(endpoint)
         frames = np.zeros((1, 64, 64, 3), np.uint8)
         for i in range(3):
-            work.send(wire.packb({"method": "predict", "id": i, "frames": frames, "instruction": ["a", "b"], "steps": 20}))
+            work.send(wire.packb({"method": "predict", "id": i, "frames": frames, "instruction": ["a", "b"], "steps": 6}))
         pending, deadline = 0, time.monotonic() + 30
         # Signal only once all three are accepted: one runs, two wait, so the node is still draining
         # when it answers the health checks below. (Signalling at pending == 1 let the last request

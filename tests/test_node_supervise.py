@@ -16,7 +16,7 @@ import pytest
 
 from foresight.node.cli import add_serve_arguments, serve_argv
 from foresight.node.client import ForesightClient
-from foresight.node.process import SERVE_PROGRAM, free_port
+from foresight.node.process import SERVE_COMMAND, free_port
 from foresight.node.protocol import NodeError
 from foresight.node.server import DEFAULT_DRAIN_TIMEOUT_S
 
@@ -38,7 +38,7 @@ def health_when_up(endpoint: str, timeout_s: float = STARTUP_S) -> dict:
 @pytest.mark.slow
 def test_a_killed_node_is_restarted_and_a_stopped_one_is_not(tmp_path: Path) -> None:
     endpoint = f"tcp://127.0.0.1:{free_port()}"
-    supervisor = subprocess.Popen([sys.executable, "-c", SERVE_PROGRAM, "--model", "tiny-random", "--bind", endpoint,
+    supervisor = subprocess.Popen([*SERVE_COMMAND, "--model", "tiny-random", "--bind", endpoint,
                                    "--threads", "1", "--restart", "on-failure"],
                                   stderr=open(tmp_path / "node.log", "w"))
     try:
@@ -59,7 +59,7 @@ def test_a_killed_node_is_restarted_and_a_stopped_one_is_not(tmp_path: Path) -> 
 
 
 def test_a_setup_that_cannot_work_is_not_restarted(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-c", SERVE_PROGRAM, "--model", str(tmp_path / "missing"),
+    done = subprocess.run([*SERVE_COMMAND, "--model", str(tmp_path / "missing"),
                            "--bind", f"tcp://127.0.0.1:{free_port()}", "--restart", "on-failure"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr

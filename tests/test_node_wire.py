@@ -12,9 +12,9 @@ import openpi_client.msgpack_numpy as openpi
 import pytest
 
 from foresight.node import wire
-from foresight.node.protocol import ErrorCode, MetaRequest, ModelSpec, NodeError, PredictRequest, parse_request
+from foresight.node.protocol import ErrorCode, MetaRequest, ModelGeometry, NodeError, PredictRequest, parse_request
 
-SPEC = ModelSpec(height=64, width=64, num_frames=8, context_frames=1)
+GEOMETRY = ModelGeometry(height=64, width=64, num_frames=8, context_frames=1)
 
 
 def valid_request(**changes: object) -> dict:
@@ -95,13 +95,13 @@ def test_client_side_imports_no_model_code() -> None:
 
 def test_parse_valid_requests() -> None:
     request = parse_request(
-        valid_request(instruction=["a", "b"], seed=3, steps=2, num_frames=4, guidance={"frame": 1, "text": 2.5}), SPEC
+        valid_request(instruction=["a", "b"], seed=3, steps=2, num_frames=4, guidance={"frame": 1, "text": 2.5}), GEOMETRY
     )
     assert isinstance(request, PredictRequest)
     assert request.instructions == ("a", "b") and request.seeds == (3, 4)
     assert (request.steps, request.num_frames, request.guidance_frame, request.guidance_text) == (2, 4, 1.0, 2.5)
-    assert parse_request({"method": "info"}, SPEC) == MetaRequest(id=None, method="info")
-    jpeg_list = parse_request(valid_request(frames=[b"\xff\xd8"], seed=[5], instruction=["x"]), SPEC)
+    assert parse_request({"method": "info"}, GEOMETRY) == MetaRequest(id=None, method="info")
+    jpeg_list = parse_request(valid_request(frames=[b"\xff\xd8"], seed=[5], instruction=["x"]), GEOMETRY)
     assert jpeg_list.frames == (b"\xff\xd8",) and jpeg_list.seeds == (5,)
 
 
@@ -139,7 +139,7 @@ def test_parse_valid_requests() -> None:
 )
 def test_parse_refuses_with_code_and_quotes_the_value(changes: dict, code: str, quoted: str) -> None:
     with pytest.raises(NodeError) as info:
-        parse_request(valid_request(**changes), SPEC)
+        parse_request(valid_request(**changes), GEOMETRY)
     assert info.value.code == code
     assert quoted in info.value.message
 
@@ -149,13 +149,13 @@ def test_missing_fields(missing: str) -> None:
     request = valid_request()
     del request[missing]
     with pytest.raises(NodeError) as info:
-        parse_request(request, SPEC)
+        parse_request(request, GEOMETRY)
     assert info.value.code == ErrorCode.MISSING_FIELD and missing in info.value.message
 
 
 def test_not_a_map() -> None:
     with pytest.raises(NodeError) as info:
-        parse_request([1, 2], SPEC)
+        parse_request([1, 2], GEOMETRY)
     assert info.value.code == ErrorCode.NOT_A_MAP
 
 

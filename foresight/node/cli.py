@@ -11,7 +11,7 @@ from pathlib import Path
 
 from foresight.dtypes import DTYPE_NAMES
 from foresight.logs import setup_logging
-from foresight.node.process import SERVE_PROGRAM
+from foresight.node.process import SERVE_COMMAND
 from foresight.node.server import (
     DEFAULT_BIND,
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -89,7 +89,7 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"foresight serve: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None  # an exit status, whichever entry point called this
     if args.restart == "on-failure":
-        return supervise([sys.executable, "-c", SERVE_PROGRAM, *serve_argv(args)])
+        return supervise([*SERVE_COMMAND, *serve_argv(args)])
     if args.ray is not None:
         return serve_through_ray(args, config)
     # Load on a short-lived thread so the main thread never owns an OpenMP pool. Pools are per
@@ -171,3 +171,14 @@ def load_predictor(args: argparse.Namespace) -> Predictor:
     if args.compile:
         warm_up(predictor)
     return predictor
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m foresight.node.cli` is `foresight serve` (how child nodes and the supervisor start it)."""
+    parser = argparse.ArgumentParser(prog="foresight serve", description="run the ZeroMQ foresight node")
+    add_serve_arguments(parser)
+    return run_serve(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

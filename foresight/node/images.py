@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from foresight.imaging import fit_frames
-from foresight.node.protocol import ErrorCode, Limits, ModelSpec, NodeError
+from foresight.node.protocol import ErrorCode, Limits, ModelGeometry, NodeError
 
 JPEG_QUALITY = 90
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -61,11 +61,11 @@ def decode_image(data: bytes, max_side: int) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def prepare_frames(frames: np.ndarray | Sequence[bytes], spec: ModelSpec, limits: Limits) -> np.ndarray:
+def prepare_frames(frames: np.ndarray | Sequence[bytes], geometry: ModelGeometry, limits: Limits) -> np.ndarray:
     """Frames of any size -> uint8 (K, H, W, 3) at model resolution: scale to cover, centre-crop."""
     if isinstance(frames, np.ndarray):
-        return np.ascontiguousarray(fit_frames(frames, spec.height, spec.width))
-    return np.stack([fit_frames(decode_image(f, limits.max_image_side)[None], spec.height, spec.width)[0] for f in frames])
+        return np.ascontiguousarray(fit_frames(frames, geometry.height, geometry.width))
+    return np.stack([fit_frames(decode_image(f, limits.max_image_side)[None], geometry.height, geometry.width)[0] for f in frames])
 
 
 def encode_jpeg(frames: np.ndarray) -> list[list[bytes]]:

@@ -1,7 +1,7 @@
 """A node in a child process, as a robot meets it: `foresight serve` on a free localhost port.
 
-The demo and the benchmark both start nodes this way. The child runs `foresight.node.cli`'s
-entry point directly, so neither depends on how the command line is wired. It is stopped with SIGTERM
+The demo and the benchmark both start nodes this way. The child runs `python -m foresight.node.cli`,
+so neither depends on how the command line is installed. It is stopped with SIGTERM
 (it drains and exits) in every case, errors and Ctrl-C included, and killed if it does not exit
 in time.
 """
@@ -25,11 +25,7 @@ log = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 600.0  # loading a model on a busy CPU can take minutes
 STOP_TIMEOUT_S = 30.0
-SERVE_PROGRAM = ("import argparse, sys\n"
-                 "from foresight.node.cli import add_serve_arguments, run_serve\n"
-                 "parser = argparse.ArgumentParser(prog='foresight serve')\n"
-                 "add_serve_arguments(parser)\n"
-                 "sys.exit(run_serve(parser.parse_args()))\n")
+SERVE_COMMAND = (sys.executable, "-m", "foresight.node.cli")  # `foresight serve`, whatever the scripts are called
 
 
 def free_port() -> int:
@@ -50,7 +46,7 @@ def running_node(model: str, log_path: Path, serve_args: Sequence[str] = (),
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as node_log:
-        proc = subprocess.Popen([sys.executable, "-c", SERVE_PROGRAM, "--model", model, "--bind", endpoint,
+        proc = subprocess.Popen([*SERVE_COMMAND, "--model", model, "--bind", endpoint,
                                  *serve_args], stdout=node_log, stderr=subprocess.STDOUT)
     try:
         _wait_ready(proc, endpoint, log_path, ready_timeout_s)

@@ -71,7 +71,7 @@ class Limits:
 
 
 @dataclass(frozen=True)
-class ModelSpec:
+class ModelGeometry:
     """The model geometry requests are validated against."""
 
     height: int
@@ -137,7 +137,7 @@ def _echoable(value: Any) -> bool:
     return isinstance(value, np.generic) and value.dtype.kind in "biuf" and value.dtype.itemsize <= 8
 
 
-def parse_request(message: Any, spec: ModelSpec, limits: Limits = Limits()) -> PredictRequest | MetaRequest:
+def parse_request(message: Any, geometry: ModelGeometry, limits: Limits = Limits()) -> PredictRequest | MetaRequest:
     """Validate a decoded request map; raise NodeError naming the first problem found."""
     if not isinstance(message, dict):
         raise NodeError(ErrorCode.NOT_A_MAP, f"a request is a map, got {type(message).__name__} {quote(message)}")
@@ -151,9 +151,9 @@ def parse_request(message: Any, spec: ModelSpec, limits: Limits = Limits()) -> P
     if method != "predict":
         return MetaRequest(id=message.get("id"), method=method)
 
-    frames = _parse_frames(_require(message, "frames"), spec, limits)
+    frames = _parse_frames(_require(message, "frames"), geometry, limits)
     instructions = _parse_instructions(_require(message, "instruction"), limits)
-    num_frames = _optional_int(message, "num_frames", spec.context_frames + 1, spec.num_frames)
+    num_frames = _optional_int(message, "num_frames", geometry.context_frames + 1, geometry.num_frames)
     steps = _optional_int(message, "steps", 1, limits.max_steps)
     guidance_frame, guidance_text = _parse_guidance(message.get("guidance"), limits)
     encoding = _or_default(message, "encoding", "raw")
@@ -188,8 +188,8 @@ def _or_default(message: dict, field: str, default: Any) -> Any:
     return default if value is None else value
 
 
-def _parse_frames(frames: Any, spec: ModelSpec, limits: Limits) -> np.ndarray | tuple[bytes, ...]:
-    k = spec.context_frames
+def _parse_frames(frames: Any, geometry: ModelGeometry, limits: Limits) -> np.ndarray | tuple[bytes, ...]:
+    k = geometry.context_frames
     if isinstance(frames, np.ndarray):
         if frames.dtype != np.uint8:
             raise NodeError(ErrorCode.BAD_DTYPE, f"'frames' must be uint8 RGB, got dtype {frames.dtype}")

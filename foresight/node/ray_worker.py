@@ -26,7 +26,7 @@ import ray
 from ray import serve
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
-from foresight.node.protocol import ErrorCode, ModelSpec, NodeError
+from foresight.node.protocol import ErrorCode, ModelGeometry, NodeError
 from foresight.node.worker import (
     DEFAULT_MAX_BATCH,
     DEFAULT_MAX_QUEUE,
@@ -79,8 +79,9 @@ class ForesightReplica:
 
     def describe(self) -> dict:
         """What the front needs to validate requests and answer `info`."""
-        spec = self.worker.spec
-        return {"spec": [spec.height, spec.width, spec.num_frames, spec.context_frames], "defaults": self.worker.defaults,
+        geometry = self.worker.geometry
+        return {"geometry": [geometry.height, geometry.width, geometry.num_frames, geometry.context_frames],
+                "defaults": self.worker.defaults,
                 "card": self.worker.card, "max_batch": self.worker.max_batch, **self.identity}
 
     async def __call__(self, request: dict) -> dict:
@@ -143,7 +144,7 @@ class RayWorker:
         self.app = app
         self.max_inflight = max_inflight
         first = handle.describe.remote().result(timeout_s=DEPLOY_TIMEOUT_S)
-        self.spec = ModelSpec(*first["spec"])
+        self.geometry = ModelGeometry(*first["geometry"])
         self.defaults = first["defaults"]
         self.card = first["card"]
         self.max_batch = first["max_batch"]

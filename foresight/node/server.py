@@ -138,7 +138,7 @@ class NodeServer:
         keys = curve_keys(config)
         self.config = config
         self._worker: Worker = worker if hasattr(worker, "submit") else LocalWorker(worker, config.max_queue, config.max_batch)
-        self.spec = self._worker.spec
+        self.geometry = self._worker.geometry
         self._outbox: queue.SimpleQueue[tuple[list[bytes], dict]] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -198,8 +198,8 @@ class NodeServer:
     def run(self) -> None:
         """Serve until stop(); then finish accepted work, send its replies and close."""
         self._worker.start()
-        log.info("listening on %s (model %dx%d, N=%d, K=%d)", self.endpoint, self.spec.height, self.spec.width,
-                 self.spec.num_frames, self.spec.context_frames)
+        log.info("listening on %s (model %dx%d, N=%d, K=%d)", self.endpoint, self.geometry.height, self.geometry.width,
+                 self.geometry.num_frames, self.geometry.context_frames)
         poller = zmq.Poller()
         poller.register(self._socket, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
@@ -368,7 +368,7 @@ class NodeServer:
             rid = request_id(message)  # a plain id is echoed even if a numpy field below is refused
             message = wire.decode_fields(message, ARRAY_RANKS, self._decode_limits)
             rid = request_id(message)
-            request = parse_request(message, self.spec, self.config.limits)
+            request = parse_request(message, self.geometry, self.config.limits)
             if isinstance(request, MetaRequest):
                 return self._meta_reply(request, received)
             if self._stopping.is_set():  # health says "draining" from this moment on: refuse alike
@@ -381,8 +381,8 @@ class NodeServer:
     def _job(self, request: PredictRequest, envelope: list[bytes], received: float) -> Job:
         if request.deadline is not None and request.deadline < time.time():
             raise NodeError(ErrorCode.TIMEOUT, f"deadline {request.deadline:.3f} passed before the request arrived")
-        frames = prepare_frames(request.frames, self.spec, self.config.limits)
-        settings = Settings(num_frames=request.num_frames or self.spec.num_frames,
+        frames = prepare_frames(request.frames, self.geometry, self.config.limits)
+        settings = Settings(num_frames=request.num_frames or self.geometry.num_frames,
                             sampler=self._worker.defaults.resolve(request.steps, request.guidance_frame, request.guidance_text))
         decode_s = time.perf_counter() - received
 
@@ -404,7 +404,7 @@ class NodeServer:
         frames = encode_jpeg(result.frames) if request.encoding == "jpeg" else result.frames
         timing["encode_s"] = time.perf_counter() - started
         timing["total_s"] = time.perf_counter() - received
-        return ok_reply(request.id, frames=frames, size=[self.spec.height, self.spec.width], timing=timing, model=result.model)
+        return ok_reply(request.id, frames=frames, size=[self.geometry.height, self.geometry.width], timing=timing, model=result.model)
 
     def errors(self) -> dict:
         """What went wrong since start: error replies by code, incidents of the node's own code, dropped replies."""
@@ -422,9 +422,9 @@ class NodeServer:
             }
         else:
             fields = self._worker.describe() | self.errors() | {
-                "size": [self.spec.height, self.spec.width],
-                "num_frames": self.spec.num_frames,
-                "context_frames": self.spec.context_frames,
+                "size": [self.geometry.height, self.geometry.width],
+                "num_frames": self.geometry.num_frames,
+                "context_frames": self.geometry.context_frames,
                 "defaults": asdict(self._worker.defaults),
                 "limits": asdict(self.config.limits),
                 "max_message_bytes": self.config.max_message_bytes,

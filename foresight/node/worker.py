@@ -18,7 +18,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from foresight.config import SamplerSettings
-from foresight.node.protocol import ErrorCode, ModelSpec, NodeError, quote
+from foresight.node.protocol import ErrorCode, ModelGeometry, NodeError, quote
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class Worker(Protocol):
     `on_done` exactly once, from any thread, with frames or a NodeError (TIMEOUT, MODEL_ERROR, INTERNAL).
     """
 
-    spec: ModelSpec
+    geometry: ModelGeometry
     defaults: SamplerSettings  # the model's; a request's unset values take these
     incidents: Incidents  # the node's one incident log and count; the front records its own failures in it too
 
@@ -157,7 +157,7 @@ class LocalWorker:
                  labels: dict | None = None):
         """labels: added to the model summary of every result (a Ray replica's id and process)."""
         self.predictor = predictor
-        self.spec = ModelSpec(predictor.height, predictor.width, predictor.num_frames, predictor.context_frames)
+        self.geometry = ModelGeometry(predictor.height, predictor.width, predictor.num_frames, predictor.context_frames)
         self.defaults = predictor.defaults
         self.card = predictor.info()
         self.summary = model_summary(self.card) | (labels or {})
