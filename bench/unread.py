@@ -13,7 +13,6 @@ import argparse
 import json
 import logging
 import re
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -98,7 +97,7 @@ def _wait_idle(watcher: ForesightClient) -> None:
         time.sleep(0.2)
 
 
-def main(argv: list[str] | None = None) -> UnreadRounds:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.unread", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny")
@@ -117,8 +116,7 @@ def main(argv: list[str] | None = None) -> UnreadRounds:
     print(json.dumps(figures, indent=2))
     if args.json is not None:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
-    return result
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() else 1)
+    main()

@@ -177,11 +177,3 @@ def test_any_array_map_in_any_field_gets_a_reply(live_node, tally, array: dict, 
                "steps": 1, field: [array] if nested else array}
     reply = check_answered(live_node, tally, wire.packb(message))
     assert reply["ok"] or reply["error"]["code"] != ErrorCode.INTERNAL, reply
-
-
-def test_the_124_byte_message_of_issue_35_is_answered(live_node, tally) -> None:
-    """An empty array of shape [0, 2**64 - 1, 1, 3] ended the node through numpy's reshape."""
-    body = msgpack.packb({"method": "predict", "id": 35, "instruction": "x", "frames": {
-        b"__ndarray__": True, b"data": b"", b"dtype": "|u1", b"shape": [0, 2**64 - 1, 1, 3]}})
-    reply = check_answered(live_node, tally, body)
-    assert reply["id"] == 35 and reply["error"]["code"] == ErrorCode.BAD_SHAPE, reply

@@ -26,9 +26,12 @@ STABLE_S = 60.0
 
 
 def describe_status(status: int) -> str:
-    if status < 0:
+    if status >= 0:
+        return f"status {status}"
+    try:
         return f"signal {signal.Signals(-status).name}"
-    return f"status {status}"
+    except ValueError:  # a signal without a name (real-time signals)
+        return f"signal {-status}"
 
 
 def supervise(command: Sequence[str], first_delay_s: float = FIRST_DELAY_S, max_delay_s: float = MAX_DELAY_S,

@@ -103,11 +103,14 @@ class Incidents:
             return self._count
 
     def record(self, exc: BaseException, doing: str, request: object = None) -> NodeError:
-        """Log `exc` (raised while `doing` something for `request`) and return the INTERNAL error to answer with."""
+        """Log `exc` (raised while `doing` something) and return the INTERNAL error to answer with.
+
+        request: what names the request in the log: its id, or its instructions where the id is not at hand.
+        """
         with self._lock:
             self._count += 1
             number = self._count
-        log.error("incident %d: %s (request id %s) failed with %s: %s", number, doing, quote(request),
+        log.error("incident %d: %s (request %s) failed with %s: %s", number, doing, quote(request),
                   type(exc).__name__, exc, exc_info=exc)
         return NodeError(ErrorCode.INTERNAL, f"the node failed while {doing} ({type(exc).__name__}, incident {number} "
                                              "in its log); it goes on serving")
