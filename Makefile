@@ -1,15 +1,17 @@
 # The two set-up-free commands: `make demo` (the main job) and `make test`.
-# Both create .venv and install into it on first use. CPU torch first: a plain `torch`
+# Both create .venv and install into it on first use: the light client (packages/foresight-client),
+# then this project. CPU torch first: a plain `torch`
 # requirement would pull a multi-GB CUDA build. On a GPU box: make TORCH="torch==2.13.0 --index-url ..."
 VENV := .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 EXTRAS ?= model,sim,dev,cpu,ray
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml packages/foresight-client/pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e packages/foresight-client
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
 	$(PY) -m pip install -q --no-deps openpi-client
 	touch $@

@@ -20,9 +20,9 @@ from typing import Iterator
 from bench import backends, diffusers_svd, fleet, node, report, scaling, training
 from bench.core import IDLE_CORES, OtherLoad, Plan, machine_info, set_threads
 from bench.models import ModelSource, default_model
-from foresight.logs import setup_logging
 from foresight.node.process import running_node
 from foresight.pipeline import ForesightPipeline
+from sim_bridge.common.logs import setup_logging
 
 log = logging.getLogger("bench")
 

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from foresight.engines import Backend, OrtOptions, load_backend
+from foresight.engines.torch_backend import TorchBackend
+from foresight.export.build_engines import BuildConfig, build_engines
+from foresight.export.onnx_export import graph_shapes, random_inputs
 
 from bench.core import INSTRUCTIONS, Plan, measure_side_by_side, random_frames
-from engines import Backend, OrtOptions, load_backend
-from engines.torch_backend import TorchBackend
-from export.build_engines import BuildConfig, build_engines
-from export.onnx_export import graph_shapes, random_inputs
 from foresight.model_dir import LoadedModel
 from foresight.models.aid import AIDModel
 from foresight.pipeline import ForesightPipeline

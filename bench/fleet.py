@@ -24,11 +24,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from foresight_client.client import ForesightClient
+from foresight_client.protocol import NodeError
 
 from foresight.config import SamplerSettings
-from foresight.logs import setup_logging
-from foresight.node.client import ForesightClient
-from foresight.node.protocol import NodeError
+from sim_bridge.common.logs import setup_logging
 
 log = logging.getLogger("bench.fleet")
 

@@ -9,7 +9,7 @@ outside the standard library, and every stage runs in its own process with its o
 why and the next one runs; a stage whose input is missing is skipped, saying which. On a machine
 without an NVIDIA GPU it says so and exits 0 at once. Stages (STAGES):
 
-  venv       its own venv (gpu_check/venv): pip install -e .[model,sim,gpu,dev] (CUDA torch, onnxruntime-gpu, TensorRT)
+  venv       its own venv (gpu_check/venv): the client, then pip install -e .[model,sim,gpu,dev] (CUDA torch, onnxruntime-gpu, TensorRT)
   tests      the GPU-marked tests (pytest -m "gpu or tensorrt")
   engines    fp16 TensorRT engines of the embedded model; each graph checked against PyTorch and
              ONNX Runtime, and one request against the PyTorch fp32 pipeline
@@ -228,6 +228,7 @@ def stage_venv(workdir: Path, torch_index: str | None) -> dict:
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pip = [str(venv_python(workdir)), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
     index = ["--extra-index-url", torch_index] if torch_index else []
+    subprocess.run([*pip, "-e", str(REPO / "packages" / "foresight-client")], check=True)
     subprocess.run([*pip, *index, "-e", f"{REPO}[model,sim,gpu,dev]"], check=True)
     probe = ("import json, torch, onnxruntime, tensorrt; print(json.dumps({'torch': torch.__version__, "
              "'cuda': torch.cuda.is_available(), 'onnxruntime': onnxruntime.__version__, "
@@ -271,11 +272,11 @@ def _cuda_model(spec: str = "tiny"):
 def stage_engines(workdir: Path) -> dict:
     import numpy as np
     import torch
+    from foresight.engines import load_backend
+    from foresight.export.build_engines import BuildConfig, build_engines, graph_runners
+    from foresight.export.onnx_export import graph_shapes
+    from foresight.export.validate import compare
 
-    from engines import load_backend
-    from export.build_engines import BuildConfig, build_engines, graph_runners
-    from export.onnx_export import graph_shapes
-    from export.validate import compare
     from foresight.pipeline import ForesightPipeline
 
     out = workdir / "engines"
@@ -312,8 +313,8 @@ def stage_engines(workdir: Path) -> dict:
 
 def stage_serve(workdir: Path) -> dict:
     import numpy as np
+    from foresight_client.client import ForesightClient
 
-    from foresight.node.client import ForesightClient
     from foresight.node.process import running_node
 
     serve_args = ["--backend", "tensorrt", "--engines", str(workdir / "engines"), "--device", "cuda"]
@@ -331,9 +332,9 @@ def stage_serve(workdir: Path) -> dict:
 
 def stage_timing(workdir: Path) -> dict:
     import torch
+    from foresight.engines import OrtOptions, load_backend
 
     from bench.core import measure_side_by_side, random_frames
-    from engines import OrtOptions, load_backend
     from foresight.pipeline import ForesightPipeline, load_pipeline
 
     engines = workdir / "engines"

@@ -14,10 +14,17 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from foresight_client.client import ForesightClient
+from foresight_client.protocol import NodeError
 
-from bench.core import CAMERA_SIZE, INSTRUCTIONS, Plan, Timing, measure_side_by_side, random_frames
-from foresight.node.client import ForesightClient
-from foresight.node.protocol import NodeError
+from bench.core import (
+    CAMERA_SIZE,
+    INSTRUCTIONS,
+    Plan,
+    Timing,
+    measure_side_by_side,
+    random_frames,
+)
 from foresight.pipeline import ForesightPipeline
 
 CLIENT_TIMEOUT_S = 900.0  # a loaded CPU can take minutes; a retry would only double-count a request

@@ -48,7 +48,7 @@ def diffusers_rows(d: dict) -> list[str]:
 def backend_rows(b: dict) -> list[str]:
     s, e = "2 backends", b["engine"]
     return [
-        row(s, f"UNet step (3 branches), torch eager", b["step"]["torch"]),
+        row(s, "UNet step (3 branches), torch eager", b["step"]["torch"]),
         row(s, f"UNet step (3 branches), {e}", b["step"][e],
             f"{b['step_speedup']:.2f}x faster ({target(b['step_speedup'], 1.5, False)}), max abs diff {b['step_max_abs_diff']:.1e}"),
         row(s, f"request ({b['steps']} steps), torch eager", b["request"]["torch"]),

@@ -9,7 +9,6 @@ steps, so fewer steps change the scale of those series, not their shape.
 
 from __future__ import annotations
 
-
 from tqdm import tqdm
 
 from bench.core import INSTRUCTIONS, Plan, fit_growth, measure, random_frames

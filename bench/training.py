@@ -23,10 +23,10 @@ import torch
 
 from bench.core import Plan
 from foresight.dtypes import mixed_precision_dtype
-from foresight.logs import setup_logging
 from foresight.training.config import load_jobs
 from foresight.training.stages import AIDStage
 from foresight.training.trainer import cast_frozen
+from sim_bridge.common.logs import setup_logging
 
 log = logging.getLogger("bench")
 

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import zmq
+from foresight_client import wire
+from foresight_client.client import ForesightClient
 
-from foresight.logs import setup_logging
-from foresight.node import wire
-from foresight.node.client import ForesightClient
 from foresight.node.process import running_node
+from sim_bridge.common.logs import setup_logging
 
 log = logging.getLogger("bench.unread")
 

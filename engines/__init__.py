@@ -3,8 +3,8 @@
 Heavy runtimes (tensorrt, onnxruntime) are imported only when a backend is built.
 """
 
-from engines.base import Backend, EngineRefused
-from engines.onnxruntime_backend import OrtOptions
-from engines.select import BACKENDS, load_backend
+from foresight.engines.base import Backend, EngineRefused
+from foresight.engines.onnxruntime_backend import OrtOptions
+from foresight.engines.select import BACKENDS, load_backend
 
 __all__ = ["BACKENDS", "Backend", "EngineRefused", "OrtOptions", "load_backend"]

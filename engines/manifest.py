@@ -17,9 +17,8 @@ import json
 from pathlib import Path
 
 import torch
+from foresight.engines.base import EngineRefused
 from torch import nn
-
-from engines.base import EngineRefused
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 3  # 2: adds the VAE-decoder graph; 3: it decodes with the end latents repeated

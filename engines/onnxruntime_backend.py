@@ -8,8 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from engines.base import first_frames
+from foresight.engines.base import first_frames
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 `auto` tries TensorRT, then ONNX Runtime, then PyTorch; every skip is logged with its reason and
 kept in the returned info, so `info` can say which backend runs and why. A named backend that
 cannot be used falls back down the same chain (a slower answer beats no answer on a robot) with
-a warning. Engines are never used unchecked (see engines.manifest).
+a warning. Engines are never used unchecked (see foresight.engines.manifest).
 """
 
 from __future__ import annotations
@@ -11,14 +11,18 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from foresight.engines import onnxruntime_backend, tensorrt_backend
+from foresight.engines.base import Backend, EngineRefused
+from foresight.engines.manifest import (
+    check_graph,
+    gpu_name,
+    graph_modules,
+    read_manifest,
+)
+from foresight.engines.onnxruntime_backend import OnnxRuntimeBackend, OrtOptions
+from foresight.engines.tensorrt_backend import TensorRTBackend
+from foresight.engines.torch_backend import TorchBackend
 from torch import nn
-
-from engines import onnxruntime_backend, tensorrt_backend
-from engines.base import Backend, EngineRefused
-from engines.manifest import check_graph, gpu_name, graph_modules, read_manifest
-from engines.onnxruntime_backend import OnnxRuntimeBackend, OrtOptions
-from engines.tensorrt_backend import TensorRTBackend
-from engines.torch_backend import TorchBackend
 
 logger = logging.getLogger(__name__)
 

@@ -11,8 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-
-from engines.base import first_frames
+from foresight.engines.base import first_frames
 
 
 def missing_reason() -> str | None:

@@ -1,14 +1,14 @@
 """Export AID's UNet, VAE decoder and DQFormer to ONNX, check them, build TensorRT engines where possible.
 
-    python -m export.build_engines --model tiny-random --out engines/tiny-random
-    python -m export.build_engines --model /models/aid --out /models/aid/engines --precision fp16 --max-batch 4
+    python -m foresight.export.build_engines --model tiny-random --out engines/tiny-random
+    python -m foresight.export.build_engines --model /models/aid --out /models/aid/engines --precision fp16 --max-batch 4
 
 Stages: load the model -> export ONNX graphs (dynamic batch and frames) -> check each graph with
 ONNX Runtime against PyTorch on fresh random inputs -> build TensorRT engines (strongly typed,
 one optimization profile for batch 1..3*max_batch: the three guidance branches are batched) and
 check each against ONNX Runtime -> write manifest.json. Without TensorRT or a CUDA GPU the build
 stage is skipped with the reason, and the ONNX graphs are the engines. Only graphs that passed
-their check are marked usable in the manifest; the loader (engines.select) uses nothing else.
+their check are marked usable in the manifest; the loader (foresight.engines.select) uses nothing else.
 
 --attention picks the UNet's attention form (export/onnx_export.py): standard ONNX operators,
 which TensorRT parses, or ONNX Runtime's fused MultiHeadAttention, faster on ONNX Runtime and
@@ -34,10 +34,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
-
-from engines import onnxruntime_backend, tensorrt_backend
-from engines.manifest import (
+from foresight.engines import onnxruntime_backend, tensorrt_backend
+from foresight.engines.manifest import (
     FORMAT_VERSION,
     file_sha256,
     gpu_name,
@@ -46,9 +44,9 @@ from engines.manifest import (
     weights_sha256,
     write_manifest,
 )
-from engines.onnxruntime_backend import OnnxRuntimeBackend
-from engines.tensorrt_backend import TensorRTBackend
-from export.onnx_export import (
+from foresight.engines.onnxruntime_backend import OnnxRuntimeBackend
+from foresight.engines.tensorrt_backend import TensorRTBackend
+from foresight.export.onnx_export import (
     ATTENTION_FORMS,
     DQFormerGraph,
     GraphShapes,
@@ -56,9 +54,11 @@ from export.onnx_export import (
     graph_io,
     graph_shapes,
 )
-from export.tensorrt_build import Profile, build_engine
-from export.validate import compare
-from foresight.logs import setup_logging
+from foresight.export.tensorrt_build import Profile, build_engine
+from foresight.export.validate import compare
+from torch import nn
+
+from sim_bridge.common.logs import setup_logging
 
 logger = logging.getLogger("export")
 
@@ -284,7 +284,7 @@ def build_tensorrt(config: BuildConfig, plan: Plan, num_frames: int, onnx_files:
 
 def manifest_for(config: BuildConfig, plan: Plan, reference: nn.Module, graphs: dict[str, dict],
                  skip: str | None) -> dict:
-    """Stage 5's content: everything the loader checks before it uses a graph (engines.manifest)."""
+    """Stage 5's content: everything the loader checks before it uses a graph (foresight.engines.manifest)."""
     versions = library_versions()
     if skip is None:
         import tensorrt as trt

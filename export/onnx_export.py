@@ -26,11 +26,11 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.activations import GEGLU
 from diffusers.models.attention_processor import Attention
-from diffusers.models.transformers.transformer_temporal import TransformerSpatioTemporalModel
+from diffusers.models.transformers.transformer_temporal import (
+    TransformerSpatioTemporalModel,
+)
+from foresight.engines.base import GRAPH_IO
 from torch import nn
-
-from engines.base import GRAPH_IO
-
 
 EXTERNAL_DATA_BYTES = 1 << 30  # above this, weights go to an external file (protobuf caps a file at 2 GB)
 ATTENTION_FORMS = ("onnx", "onnxruntime")  # standard operators / ONNX Runtime's fused MultiHeadAttention
@@ -147,7 +147,7 @@ def export_form(unet: nn.Module, attention: str):
 
 
 class DQFormerGraph(nn.Module):
-    """DQFormer with tensor-only inputs; always all N frames (callers slice, see engines.base.first_frames)."""
+    """DQFormer with tensor-only inputs; always all N frames (callers slice, see foresight.engines.base.first_frames)."""
 
     def __init__(self, dqformer: nn.Module) -> None:
         super().__init__()

@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+from foresight.export.onnx_export import GraphShapes, random_inputs
 from tqdm.auto import tqdm
-
-from export.onnx_export import GraphShapes, random_inputs
 
 # max |out - ref| / max |ref| allowed, per precision of the graph under test
 TOLERANCE = {"fp32": 1e-3, "fp16": 3e-2}

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from foresight.dtypes import DTYPE_NAMES
-from foresight.logs import setup_logging
+from sim_bridge.common.logs import setup_logging
 
 logger = logging.getLogger("foresight")
 
@@ -21,8 +21,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from foresight.imaging import contact_sheet, read_image, write_gif, write_png
     from foresight.pipeline import load_pipeline
+    from sim_bridge.common.imaging import (
+        contact_sheet,
+        read_image,
+        write_gif,
+        write_png,
+    )
 
     pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, backend=args.backend, engines=args.engines,
                          compile=args.compile)
@@ -41,7 +46,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         progress=True,
     )
     elapsed = time.perf_counter() - start
-    from foresight.imaging import fit_frames
+    from sim_bridge.common.imaging import fit_frames
 
     shown = fit_frames(context, pipe.height, pipe.width)
     rows = [np.concatenate([shown, v]) for v in video]
@@ -123,7 +128,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_states(args: argparse.Namespace) -> None:
     from foresight.states import VLMDecomposer, build_states_cache
-    from sim_bridge.readers import read_episodes
+    from sim_bridge.data.readers import read_episodes
 
     vlm = VLMDecomposer(args.vlm, args.num_states, device=args.device)
     pairs = ((ep.instruction, ep.frames[0]) for _, ep in read_episodes(args.episodes, args.camera))
@@ -161,17 +166,16 @@ def cmd_eval(args: argparse.Namespace) -> None:
         print(f"wrote {args.figure}")
 
 
-def cmd_ship(args: argparse.Namespace) -> None:
-    from foresight.training.ship import ship
-
-    dest = ship(args.run, args.eval)
-    print(f"shipped {args.run}'s last AID stage as the embedded model in {dest} (base: {dest.name}-svd)")
-
-
 def cmd_demo(args: argparse.Namespace) -> None:
-    from sim_bridge.demo import run_demo
+    """A node in a child process on a free localhost port, exactly as a robot meets it (its log
+    in <out>/node.log), and the simulator bridge's demo as its client."""
+    from foresight.node.process import running_node
+    from sim_bridge.apps.demo import run_demo
 
-    run_demo(args.out, model=args.model, episodes=args.episodes, planner_seeds=args.goals, steps=args.steps)
+    out = Path(args.out)
+    with running_node(args.model, out / "node.log") as endpoint:
+        run_demo(endpoint, out, episodes=args.episodes, planner_seeds=args.goals, steps=args.steps,
+                 candidates=args.candidates, budget=args.budget)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -184,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo_out", help="where metrics and media go")
     p.add_argument("--episodes", type=int, default=3, help="tabletop episodes to replay")
     p.add_argument("--goals", type=int, default=3, help="planner goals")
+    p.add_argument("--candidates", type=int, default=4, help="instructions the planner tries per request")
+    p.add_argument("--budget", type=int, default=2, help="planner steps per goal")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     p.set_defaults(func=cmd_demo)
 
@@ -252,12 +258,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figure", default=None,
                    help="PNG of the first variant's predictions on the first 6 episodes, beside the recorded final frames")
     p.set_defaults(func=cmd_eval)
-
-    p = sub.add_parser("ship", help="package a trained run as the embedded 'tiny' model (fp16, model card)")
-    p.add_argument("--run", required=True,
-                   help="what `foresight train --out` wrote: a chain (tiny) or one stage (tiny-aid-reword)")
-    p.add_argument("--eval", required=True, help="the JSON report of `foresight eval` on that run")
-    p.set_defaults(func=cmd_ship)
 
     p = sub.add_parser("params", help="parameter counts, request and training memory of AID (no weights needed)")
     p.add_argument("--memory", action="store_true", help="weights and peak activation memory of one predict request")

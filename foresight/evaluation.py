@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Literal
@@ -22,16 +23,17 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from foresight.config import SamplerSettings
-from foresight.imaging import contact_sheet, fit_frames, write_png
-from foresight.metrics import distance_note, psnr, ssim, video_distances
 from foresight.model_dir import load_model
 from foresight.pipeline import ForesightPipeline
 from foresight.states import make_decomposer
-from foresight.training.data import tabletop_episodes
-from sim_bridge.episode import Episode
-from sim_bridge.readers import EpisodeSource, find_episodes
-from sim_bridge.scoring import accepted_tracks, follow_error, follow_tolerance
-from sim_bridge.tasks import EVAL_SEEDS, TRAINED_KINDS
+from sim_bridge.common.imaging import contact_sheet, fit_frames, write_png
+from sim_bridge.common.metrics import distance_note, psnr, ssim, video_distances
+from sim_bridge.common.tables import markdown_table
+from sim_bridge.data.episode import Episode
+from sim_bridge.data.readers import EpisodeSource, find_episodes
+from sim_bridge.simulator.scoring import accepted_tracks, follow_error, follow_tolerance
+from sim_bridge.simulator.tabletop import make_episodes
+from sim_bridge.simulator.tasks import EVAL_SEEDS, TRAINED_KINDS
 
 logger = logging.getLogger(__name__)
 
@@ -50,11 +52,11 @@ VARIANTS = tuple(VARIANT_KNOCKOUTS)
 RECORDED_VARIANTS = tuple(v for v in VARIANTS if v != "aid-paraphrase")  # rewording needs the simulator
 
 
-def variant_pipeline(spec: str, variant: str) -> ForesightPipeline:
+def variant_pipeline(name: str, variant: str) -> ForesightPipeline:
     """A pipeline for one table row, loaded without that row's knocked-out parts."""
     if variant not in VARIANT_KNOCKOUTS:
         raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
-    loaded = load_model(spec, knockouts=VARIANT_KNOCKOUTS[variant])
+    loaded = load_model(name, knockouts=VARIANT_KNOCKOUTS[variant])
     if variant == "no-states":  # the states the model was trained with, knocked out at inference
         loaded = replace(loaded, states=make_decomposer("none", loaded.model.config.num_states))
     return ForesightPipeline(loaded)
@@ -142,12 +144,27 @@ def _check_variants(variants: tuple[str, ...], allowed: tuple[str, ...]) -> None
         raise ValueError(f"variants must be a non-empty subset of {allowed}, got {list(variants)}")
 
 
-def _report_head(spec: str, sampler: SamplerSettings, i3d: str | None) -> dict:
+def _report_head(name: str, sampler: SamplerSettings, i3d: str | None) -> dict:
     """What every report states first: the model, the sampler as resolved, and which distances it holds."""
-    return {"model": spec, **asdict(sampler), "distance_note": distance_note(i3d)}
+    return {"model": name, **asdict(sampler), "distance_note": distance_note(i3d)}
 
 
-def run_eval(spec: str, n: int, seed: int, variants: tuple[str, ...] = VARIANTS, steps: int | None = None,
+def _evaluate_variants(name: str, probe: ForesightPipeline, variants: tuple[str, ...],
+                       episodes_of: Callable[[str], list[Episode]], seed: int, sampler: SamplerSettings,
+                       i3d: str | None, figure: str | Path | None, follow: bool) -> dict:
+    """Each variant's scores on `episodes_of(variant)`; `probe` is the full model's pipeline, the
+    others load without their knocked-out parts; the figure shows the first variant."""
+    scores = {}
+    for variant in variants:
+        episodes = episodes_of(variant)
+        logger.info("evaluating %s on %d %s", variant, len(episodes), "episodes" if follow else "recorded clips")
+        pipe = probe if variant == "aid" else variant_pipeline(name, variant)
+        scores[variant] = evaluate_variant(pipe, episodes, seed, sampler, i3d=i3d, follow=follow,
+                                           figure=figure if variant == variants[0] else None)
+    return scores
+
+
+def run_eval(name: str, n: int, seed: int, variants: tuple[str, ...] = VARIANTS, steps: int | None = None,
              i3d: str | None = None,
              guidance_interval: tuple[float, float] | None | Literal["config"] = "config",
              guidance_frame: float | None = None, guidance_text: float | None = None,
@@ -161,20 +178,15 @@ def run_eval(spec: str, n: int, seed: int, variants: tuple[str, ...] = VARIANTS,
     if n < 2:
         raise ValueError(f"evaluation needs at least 2 episodes (the Frechet distance compares distributions), got {n}")
     _check_variants(variants, VARIANTS)
-    probe = variant_pipeline(spec, "aid")
+    probe = variant_pipeline(name, "aid")
     size, frames = probe.height, probe.num_frames
     seeds = range(EVAL_SEEDS.start + seed, EVAL_SEEDS.start + seed + n)
-    plain = list(tabletop_episodes(seeds, size, frames, TRAINED_KINDS))
-    reworded = list(tabletop_episodes(seeds, size, frames, TRAINED_KINDS, paraphrase=True))
+    plain = list(make_episodes(seeds, size, frames, TRAINED_KINDS))
+    reworded = list(make_episodes(seeds, size, frames, TRAINED_KINDS, paraphrase=True))
     sampler = probe.defaults.resolve(steps, guidance_frame, guidance_text, guidance_interval)
-    report = _report_head(spec, sampler, i3d) | {"seeds": [seeds.start, seeds.stop], "variants": {}}
-    for variant in variants:
-        logger.info("evaluating %s on %d episodes", variant, n)
-        pipe = probe if variant == "aid" else variant_pipeline(spec, variant)
-        episodes = reworded if variant == "aid-paraphrase" else plain
-        report["variants"][variant] = evaluate_variant(pipe, episodes, seed, sampler, i3d=i3d,
-                                                       figure=figure if variant == variants[0] else None)
-    return report
+    scores = _evaluate_variants(name, probe, variants, lambda v: reworded if v == "aid-paraphrase" else plain,
+                                seed, sampler, i3d, figure, follow=True)
+    return _report_head(name, sampler, i3d) | {"seeds": [seeds.start, seeds.stop], "variants": scores}
 
 
 def recorded_clips(sources: list[EpisodeSource], num_frames: int, height: int, width: int, stride: int = 1,
@@ -206,13 +218,13 @@ def recorded_clips(sources: list[EpisodeSource], num_frames: int, height: int, w
     return clips, skipped
 
 
-def run_eval_recorded(spec: str, episodes_dir: str | Path, n: int, seed: int,
+def run_eval_recorded(name: str, episodes_dir: str | Path, n: int, seed: int,
                       variants: tuple[str, ...] = RECORDED_VARIANTS, stride: int = 1, per_episode: int = 1,
                       steps: int | None = None, i3d: str | None = None,
                       guidance_interval: tuple[float, float] | None | Literal["config"] = "config",
                       guidance_frame: float | None = None, guidance_text: float | None = None,
                       figure: str | Path | None = None) -> dict:
-    """Evaluate each variant on clips of recorded episodes (any format `sim_bridge.readers` reads).
+    """Evaluate each variant on clips of recorded episodes (any format `sim_bridge.data.readers` reads).
 
     n episodes are taken evenly from the sorted episodes under `episodes_dir` (all when there are
     fewer); clips as in `recorded_clips`; clip i samples with seed `seed + i`.
@@ -222,41 +234,35 @@ def run_eval_recorded(spec: str, episodes_dir: str | Path, n: int, seed: int,
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     picked = [sources[i] for i in sorted({int(i) for i in np.linspace(0, len(sources) - 1, min(n, len(sources)))})]
-    probe = variant_pipeline(spec, "aid")
+    probe = variant_pipeline(name, "aid")
     clips, skipped = recorded_clips(picked, probe.num_frames, probe.height, probe.width, stride, per_episode)
     if len(clips) < 2:
         raise ValueError(f"{episodes_dir}: {len(clips)} usable clip(s) of {probe.num_frames} frames at stride "
                          f"{stride} from {len(picked)} episodes (skipped: {skipped}); the distances need at least 2")
     sampler = probe.defaults.resolve(steps, guidance_frame, guidance_text, guidance_interval)
-    report = _report_head(spec, sampler, i3d) | {
+    return _report_head(name, sampler, i3d) | {
         "episodes_dir": str(episodes_dir), "episodes_found": len(sources), "episodes_used": len(picked),
         "skipped": skipped, "clips": len(clips),
         "clip": {"num_frames": probe.num_frames, "context_frames": probe.context_frames, "stride": stride,
                  "per_episode": per_episode, "height": probe.height, "width": probe.width},
-        "variants": {},
+        "variants": _evaluate_variants(name, probe, variants, lambda v: clips, seed, sampler, i3d, figure,
+                                       follow=False),
     }
-    for variant in variants:
-        logger.info("evaluating %s on %d recorded clips", variant, len(clips))
-        pipe = probe if variant == "aid" else variant_pipeline(spec, variant)
-        report["variants"][variant] = evaluate_variant(pipe, clips, seed, sampler, i3d=i3d, follow=False,
-                                                       figure=figure if variant == variants[0] else None)
-    return report
 
 
 def format_table(report: dict) -> str:
     """A markdown table, one row per variant, like the paper's ablation table; instruction following
     for simulator episodes, FVD and KVD when an I3D was given, the stand-in distance otherwise."""
-    rows = list(report["variants"].values())
-    follow = "follow_rate" in rows[0]
-    distances = ["fvd_i3d", "kvd_i3d"] if "fvd_i3d" in rows[0] else ["fd_stats"]
+    first = next(iter(report["variants"].values()))
+    follow = "follow_rate" in first
+    distances = ["fvd_i3d", "kvd_i3d"] if "fvd_i3d" in first else ["fd_stats"]
     head = (["follow rate", "median error (px)"] if follow else ["clips"]) + ["PSNR", "SSIM"] + distances
-    lines = ["| variant | " + " | ".join(head) + " |", "|" + " --- |" * (len(head) + 1)]
+    rows = []
     for name, r in report["variants"].items():
         cells = ([f"{100 * r['follow_rate']:.1f}%", f"{r['follow_median_error_px']:.1f}"] if follow
-                 else [str(r["clips"])])
-        cells += [f"{r['psnr']:.2f}", f"{r['ssim']:.3f}"] + [f"{r[key]:.3f}" for key in distances]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+                 else [r["clips"]])
+        rows.append([name, *cells, f"{r['psnr']:.2f}", f"{r['ssim']:.3f}", *(f"{r[k]:.3f}" for k in distances)])
+    return markdown_table(["variant", *head], rows)
 
 
 def write_report(report: dict, path: str | Path) -> None:

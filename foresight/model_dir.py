@@ -1,6 +1,6 @@
 """Where AID models come from: the model folder format and the built-in names.
 
-`load_model(spec)` reads a model once into a `LoadedModel` (the AID model, its card and the state
+`load_model(name)` reads a model once into a `LoadedModel` (the AID model, its card and the state
 decomposer it was trained with), from which every pipeline is built. It takes
 - "tiny-random": a small SVD-architecture model with random weights, built from config (tests);
 - "tiny": the embedded model trained on the tabletop simulator, shipped in this package;
@@ -172,21 +172,21 @@ def save_model_dir(
         (path / "model_card.json").write_text(json.dumps(card, indent=2))
 
 
-def model_folder(spec: str) -> Path:
+def model_folder(name: str) -> Path:
     """The folder a model name stands for: 'tiny' is the embedded model shipped in this package, any
     other name a path. 'tiny-random' has none (it is built from config, see load_model)."""
-    if spec == "tiny-random":
+    if name == "tiny-random":
         raise ValueError("'tiny-random' is built from config and has no model folder")
-    if spec != "tiny":
-        return Path(spec)
+    if name != "tiny":
+        return Path(name)
     if not (EMBEDDED_DIR / "aid_config.json").is_file():
         raise FileNotFoundError(f"the embedded model is not in this install ({EMBEDDED_DIR}); train it with "
                                 "`foresight train` or use --model tiny-random")
     return EMBEDDED_DIR
 
 
-def load_model(spec: str, dtype: torch.dtype = torch.float32, knockouts: Sequence[str] = ()) -> LoadedModel:
+def load_model(name: str, dtype: torch.dtype = torch.float32, knockouts: Sequence[str] = ()) -> LoadedModel:
     """'tiny-random', 'tiny' or a model folder -> the loaded model, without the `knockouts` parts."""
-    if spec == "tiny-random":
+    if name == "tiny-random":
         return LoadedModel.of(build_tiny_random(knockouts=knockouts), {"name": "tiny-random", "note": "random weights, for tests"})
-    return load_model_dir(model_folder(spec), dtype, knockouts)
+    return load_model_dir(model_folder(name), dtype, knockouts)

@@ -20,8 +20,14 @@ from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionM
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
-from transformers import AutoConfig, AutoModel, CLIPTextConfig, CLIPVisionConfig, CLIPVisionModelWithProjection
 from tqdm.auto import tqdm
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    CLIPTextConfig,
+    CLIPVisionConfig,
+    CLIPVisionModelWithProjection,
+)
 
 from foresight.config import AIDConfig
 from foresight.models.adapters import AIDAdapters
@@ -82,11 +88,11 @@ def real_architecture() -> Architecture:
     return Architecture("svd", AIDConfig(), {}, SVD_VAE, SVD_IMAGE_ENCODER, CLIP_H_TEXT | {"model_type": "clip_text_model"})
 
 
-def folder_architecture(spec: str) -> Architecture:
+def folder_architecture(name: str) -> Architecture:
     """'tiny' or a model folder: the configs it holds (no weights are read)."""
     from foresight.model_dir import model_folder, resolve_text_encoder
 
-    folder = model_folder(spec)
+    folder = model_folder(name)
     config_file = folder / "aid_config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{folder} is not an AID model folder: no aid_config.json")
@@ -95,7 +101,7 @@ def folder_architecture(spec: str) -> Architecture:
     svd = svd if svd.is_absolute() else folder / svd
     text = AutoConfig.from_pretrained(resolve_text_encoder(folder_config["text_encoder"], folder), local_files_only=True)
     return Architecture(
-        spec,
+        name,
         AIDConfig.from_dict(folder_config["aid"]),
         dict(UNetSpatioTemporalConditionModel.load_config(svd / "unet")),
         dict(AutoencoderKLTemporalDecoder.load_config(svd / "vae")),
@@ -331,11 +337,11 @@ def training_memory(arch: Architecture, batch: int, checkpointing: bool) -> dict
             "optimizer_state_bytes": optimizer_states, "step_peak_bytes": activations, "peak_bytes": held + activations}
 
 
-def architecture(spec: str, height: int | None = None, width: int | None = None,
+def architecture(name: str, height: int | None = None, width: int | None = None,
                  num_frames: int | None = None) -> Architecture:
     """'svd' (the real config; 256x256x16 unless given) or 'tiny' / a model folder (its own
     config, resized where given)."""
-    arch = real_architecture() if spec == "svd" else folder_architecture(spec)
+    arch = real_architecture() if name == "svd" else folder_architecture(name)
     cfg = arch.config
     size = {"height": height or cfg.height, "width": width or cfg.width, "num_frames": num_frames or cfg.num_frames}
     return replace(arch, config=replace(cfg, **size))

@@ -15,13 +15,13 @@ from typing import Literal, Sequence
 import numpy as np
 import torch
 
-from engines import Backend, OrtOptions, load_backend
-from engines.torch_backend import TorchBackend
 from foresight.diffusion.edm import Denoiser, karras_sigmas
 from foresight.diffusion.sampling import TwoScaleGuidance, sample_euler
 from foresight.dtypes import resolve_dtype
-from foresight.imaging import fit_frames
+from foresight.engines import Backend, OrtOptions, load_backend
+from foresight.engines.torch_backend import TorchBackend
 from foresight.model_dir import LoadedModel, load_model
+from sim_bridge.common.imaging import fit_frames
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ def load_pipeline(
     state stays float32 whatever it is. On CUDA, float32 matmuls and convolutions may use TF32.
     backend: "auto" | "tensorrt" | "onnxruntime" | "torch"; engines: an engine folder from
     export/build_engines.py. Engines that do not match the model are refused and logged, and the
-    next backend is used (see engines.select); engines=None means PyTorch.
+    next backend is used (see foresight.engines.select); engines=None means PyTorch.
     threads: CPU threads for PyTorch and ONNX Runtime alike; 0 keeps each runtime's default.
     compile: `torch.compile` the UNet of the PyTorch backend; the first request compiles it
     (16-19 s for the tiny UNet on 2 CPU cores), so a server warms it up before it reports healthy.

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 import zmq
+from foresight_client.client import ForesightClient
 from hypothesis import HealthCheck, settings
 
 from foresight.loading import build_tiny_svd
 from foresight.model_dir import build_tiny_random
-from foresight.node.client import ForesightClient
 from foresight.node.process import running_node
 
 logging.getLogger("transformers").setLevel(logging.ERROR)

@@ -18,8 +18,9 @@ import time
 import numpy as np
 import torch
 import zmq
+from foresight_client import wire
 
-from foresight.node import ray_worker, wire
+from foresight.node import ray_worker
 from foresight.node.server import NodeServer, ServerConfig
 from foresight.pipeline import load_pipeline
 

@@ -12,10 +12,10 @@ import cv2
 import numpy as np
 import pytest
 
-from sim_bridge.bridge_raw import load_pickle, read_trajectory
-from sim_bridge.episode_io import EpisodeFormatError, write_episode
-from sim_bridge.readers import find_episodes, read_episodes
-from sim_bridge.tabletop import make_episode
+from sim_bridge.data.bridge_raw import load_pickle, read_trajectory
+from sim_bridge.data.episode_io import EpisodeFormatError, write_episode
+from sim_bridge.data.readers import find_episodes, read_episodes
+from sim_bridge.simulator.tabletop import make_episode
 
 LANG = "put the spoon in the pot\nconfidence: 1\nmove the spoon into the pot\n"
 

@@ -1,13 +1,11 @@
 """The `foresight` command."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 
 from foresight.cli import main
-from foresight.imaging import read_image, write_png
+from sim_bridge.common.imaging import read_image, write_png
 
 
 def test_predict_writes_gif_and_contact_sheet(tmp_path, capsys):
@@ -25,8 +23,7 @@ def test_predict_writes_gif_and_contact_sheet(tmp_path, capsys):
     assert sheet.shape == (2 * 64 + 2, 8 * 64 + 7 * 2, 3)
 
 
-def test_params_prints_the_budget():
-    out = subprocess.run([sys.executable, "-m", "foresight.cli", "params", "--json"], capture_output=True, text=True,
-                         check=True).stdout
-    counts = json.loads(out)
+def test_params_prints_the_budget(capsys):
+    main(["params", "--json"])
+    counts = json.loads(capsys.readouterr().out)
     assert counts["trainable_share"] <= 0.03 and counts["unet"] > 1e9

@@ -13,14 +13,14 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from foresight.engines import EngineRefused, OrtOptions, load_backend
+from foresight.engines.base import GRAPH_IO, first_frames
+from foresight.engines.manifest import MANIFEST_NAME, read_manifest
+from foresight.engines.onnxruntime_backend import OnnxRuntimeBackend
+from foresight.export.build_engines import BuildConfig, build_engines
+from foresight.export.onnx_export import graph_shapes, random_inputs
+from foresight.export.validate import errors
 
-from engines import EngineRefused, OrtOptions, load_backend
-from engines.base import GRAPH_IO, first_frames
-from engines.manifest import MANIFEST_NAME, read_manifest
-from engines.onnxruntime_backend import OnnxRuntimeBackend
-from export.build_engines import BuildConfig, build_engines
-from export.onnx_export import graph_shapes, random_inputs
-from export.validate import errors
 from foresight.model_dir import LoadedModel, build_tiny_random
 from foresight.pipeline import ForesightPipeline
 
@@ -98,7 +98,7 @@ def test_auto_picks_onnxruntime_and_says_why_tensorrt_was_skipped(model, engine_
 
 
 def _refused(model, folder, caplog, expect):
-    with caplog.at_level("WARNING", logger="engines.select"):
+    with caplog.at_level("WARNING", logger="foresight.engines.select"):
         backend, info = load_backend(model, "auto", folder)
     assert backend.name == "torch", info
     assert expect in info["skipped"]["onnxruntime"], info["skipped"]

@@ -8,12 +8,16 @@ import re
 import numpy as np
 import pytest
 
-from sim_bridge import episode_io
-from sim_bridge.episode import Episode
-from sim_bridge.episode_io import (
-    EpisodeFormatError, is_episode_dir, iter_episodes, read_episode, write_episode,
+from sim_bridge.data import episode_io
+from sim_bridge.data.episode import Episode
+from sim_bridge.data.episode_io import (
+    EpisodeFormatError,
+    is_episode_dir,
+    iter_episodes,
+    read_episode,
+    write_episode,
 )
-from sim_bridge.tabletop import make_episode
+from sim_bridge.simulator.tabletop import make_episode
 
 
 @pytest.fixture(scope="module")

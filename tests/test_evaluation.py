@@ -18,13 +18,13 @@ from foresight.evaluation import (
     run_eval_recorded,
     variant_pipeline,
 )
-from foresight.imaging import read_image
 from foresight.model_dir import LoadedModel, load_model, save_model_dir
 from foresight.pipeline import ForesightPipeline
-from sim_bridge.episode_io import write_episode
-from sim_bridge.readers import find_episodes
-from sim_bridge.tasks import EVAL_SEEDS
-from sim_bridge.tabletop import make_episode
+from sim_bridge.common.imaging import read_image
+from sim_bridge.data.episode_io import write_episode
+from sim_bridge.data.readers import find_episodes
+from sim_bridge.simulator.tabletop import make_episode
+from sim_bridge.simulator.tasks import EVAL_SEEDS
 
 
 def test_eval_report_has_every_variant(tmp_path):
@@ -51,7 +51,7 @@ def test_eval_cli_writes_json_and_figure(tmp_path, capsys):
 
 
 def test_predictions_figure_puts_the_recorded_final_frame_after_a_white_bar():
-    from sim_bridge.tabletop import make_episode
+    from sim_bridge.simulator.tabletop import make_episode
 
     ep = make_episode(1_000_000, size=64, num_frames=8)
     preds = np.zeros((1, 7, 64, 64, 3), np.uint8)

@@ -15,16 +15,22 @@ import sys
 import onnx
 import pytest
 import torch
-
-from engines import tensorrt_backend
-from engines.base import GRAPH_IO, UNET_INPUTS
-from engines.manifest import MANIFEST_NAME, file_sha256
-from engines.onnxruntime_backend import OnnxRuntimeBackend
-from export.build_engines import BuildConfig, main
 from diffusers.models.activations import GEGLU
+from foresight.engines import tensorrt_backend
+from foresight.engines.base import GRAPH_IO, UNET_INPUTS
+from foresight.engines.manifest import MANIFEST_NAME, file_sha256
+from foresight.engines.onnxruntime_backend import OnnxRuntimeBackend
+from foresight.export.build_engines import BuildConfig, main
+from foresight.export.onnx_export import (
+    DQFormerGraph,
+    ExportAttentionProcessor,
+    SplitGEGLU,
+    export_form,
+    graph_shapes,
+    random_inputs,
+)
+from foresight.export.validate import errors
 
-from export.onnx_export import DQFormerGraph, ExportAttentionProcessor, SplitGEGLU, export_form, graph_shapes, random_inputs
-from export.validate import errors
 from foresight.pipeline import load_pipeline
 
 RTOL = 1e-4

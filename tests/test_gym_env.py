@@ -6,8 +6,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.utils.env_checker import check_env
 
-from sim_bridge.gym_env import ENV_ID, TabletopEnv
-from sim_bridge.tabletop import run_task
+from sim_bridge.simulator.gym_env import ENV_ID, TabletopEnv
+from sim_bridge.simulator.tabletop import run_task
 
 
 def test_passes_check_env():

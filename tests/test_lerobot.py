@@ -8,10 +8,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from sim_bridge.episode_io import EpisodeFormatError
-from sim_bridge.lerobot import camera_key, write_dataset
-from sim_bridge.readers import find_episodes, read_episodes
-from sim_bridge.tabletop import main, make_episode
+from sim_bridge.data.episode_io import EpisodeFormatError
+from sim_bridge.data.lerobot import camera_key, write_dataset
+from sim_bridge.data.readers import find_episodes, read_episodes
+from sim_bridge.simulator.tabletop import main, make_episode
 
 SEEDS = (0, 1, 2)
 

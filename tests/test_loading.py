@@ -3,7 +3,6 @@
 import shutil
 
 import numpy as np
-
 import pytest
 import torch
 
@@ -99,10 +98,10 @@ def test_embedded_model_loads_with_its_card():
 def test_embedded_vae_decodes_clip_ends_as_well_as_the_middle():
     """The temporal decoder zero-pads the clip's ends; vae_decode repeats the end latents instead."""
     from foresight.pipeline import frames_to_tensor
-    from foresight.training.data import tabletop_episodes
+    from sim_bridge.simulator.tabletop import make_episodes
 
     model = load_model("tiny").model
-    episodes = tabletop_episodes(range(1_000_000, 1_000_006), 64, 8, ("push", "pick_up"))
+    episodes = make_episodes(range(1_000_000, 1_000_006), 64, 8, ("push", "pick_up"))
     video = torch.stack([frames_to_tensor(ep.frames) for ep in episodes]).float()
     decoded = model.decode_latents(model.encode_latents(video))
     error = (decoded - video).abs().mean(dim=(0, 2, 3, 4))

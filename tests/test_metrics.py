@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from foresight.metrics import (
+from sim_bridge.common.metrics import (
     frechet_distance,
     kernel_distance,
     psnr,
@@ -11,7 +11,7 @@ from foresight.metrics import (
     video_distances,
     video_stats_features,
 )
-from sim_bridge.tabletop import make_episode
+from sim_bridge.simulator.tabletop import make_episode
 
 
 def test_psnr_and_ssim_on_identical_and_noisy_clips():

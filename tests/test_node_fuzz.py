@@ -14,11 +14,10 @@ import msgpack
 import numpy as np
 import pytest
 import zmq
+from foresight_client import wire
+from foresight_client.protocol import ErrorCode
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from foresight.node import wire
-from foresight.node.protocol import ErrorCode
 
 N, K = 8, 1  # tiny-random: clip length and context frames
 REPLY_TIMEOUT_MS = 10_000  # validation replies; generous because CI machines are shared

@@ -14,12 +14,12 @@ import msgpack
 import numpy as np
 import pytest
 import zmq
+from foresight_client import wire
+from foresight_client.client import ForesightClient
+from foresight_client.protocol import ErrorCode, NodeError
 from test_replay import Echo, Node
 
 from foresight.node import server as server_module
-from foresight.node import wire
-from foresight.node.client import ForesightClient
-from foresight.node.protocol import ErrorCode, NodeError
 from foresight.node.worker import LocalWorker
 
 FRAMES = np.zeros((1, 64, 64, 3), np.uint8)

@@ -23,14 +23,14 @@ import pytest
 import torch
 import zmq
 import zmq.auth
+from foresight_client import wire
+from foresight_client.protocol import ErrorCode
+from test_replay import Echo
 
 from bench import unread
-from foresight.node import wire
 from foresight.node.process import SERVE_COMMAND, free_port
-from foresight.node.protocol import ErrorCode
 from foresight.node.server import NodeServer, ServerConfig
 from foresight.pipeline import load_pipeline
-from test_replay import Echo
 
 K = 1  # tiny-random's context frames
 FAST = {"steps": 1, "num_frames": 2}

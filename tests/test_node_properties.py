@@ -22,12 +22,12 @@ import msgpack
 import numpy as np
 import pytest
 import zmq
+from foresight_client import wire
+from foresight_client.protocol import FIELDS, METHODS, ErrorCode
 from hypothesis import given
 from hypothesis import strategies as st
 
 from bench.unread import rss_mib
-from foresight.node import wire
-from foresight.node.protocol import FIELDS, METHODS, ErrorCode
 
 REPLY_DEADLINE_S = 60.0  # a valid request runs the model; CI machines are shared
 K, SIDE = 1, 64  # tiny-random: context frames, resolution

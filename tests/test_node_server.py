@@ -17,14 +17,14 @@ import pytest
 import torch
 import zmq
 import zmq.auth
-
-from foresight.node import wire
-from foresight.node.client import CurveKeys, ForesightClient, NodeUnavailable
-from foresight.node.protocol import ErrorCode, NodeError
-from foresight.node.server import NodeServer, ServerConfig
-from foresight.imaging import fit_frames
-from foresight.pipeline import load_pipeline
+from foresight_client import wire
+from foresight_client.client import CurveKeys, ForesightClient, NodeUnavailable
+from foresight_client.protocol import ErrorCode, NodeError
 from test_replay import Echo
+
+from foresight.node.server import NodeServer, ServerConfig
+from foresight.pipeline import load_pipeline
+from sim_bridge.common.imaging import fit_frames
 
 FAST = {"steps": 1, "num_frames": 2}  # one predicted frame, one sampler step: keeps the model cheap
 TIMEOUT_S = 120.0  # the model shares a small CPU with other work: be patient, not flaky
@@ -238,7 +238,7 @@ def test_oversize_message_is_refused_and_node_goes_on(pipe) -> None:
 
 KILLED_CLIENT = """
 import sys, numpy as np, zmq
-from foresight.node import wire
+from foresight_client import wire
 socket = zmq.Context().socket(zmq.REQ)
 socket.connect(sys.argv[1])
 socket.send(wire.packb({"method": "predict", "id": "doomed", "frames": np.zeros((1, 64, 64, 3), np.uint8),

@@ -7,16 +7,15 @@ import queue
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 
 import numpy as np
 import zmq
+from foresight_client import wire
+from foresight_client.protocol import ErrorCode
 
-from foresight.node import wire
 from foresight.node.process import SERVE_COMMAND
-from foresight.node.protocol import ErrorCode
 
 STARTUP_S = 120.0
 REPLY_MS = 120_000

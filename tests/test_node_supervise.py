@@ -8,16 +8,15 @@ import os
 import shlex
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from foresight_client.client import ForesightClient
+from foresight_client.protocol import NodeError
 
 from foresight.node.cli import add_serve_arguments, serve_argv
-from foresight.node.client import ForesightClient
 from foresight.node.process import SERVE_COMMAND, free_port
-from foresight.node.protocol import NodeError
 from foresight.node.server import DEFAULT_DRAIN_TIMEOUT_S
 
 STARTUP_S = 180.0

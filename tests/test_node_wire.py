@@ -10,9 +10,15 @@ import msgpack
 import numpy as np
 import openpi_client.msgpack_numpy as openpi
 import pytest
-
-from foresight.node import wire
-from foresight.node.protocol import ErrorCode, MetaRequest, ModelGeometry, NodeError, PredictRequest, parse_request
+from foresight_client import wire
+from foresight_client.protocol import (
+    ErrorCode,
+    MetaRequest,
+    ModelGeometry,
+    NodeError,
+    PredictRequest,
+    parse_request,
+)
 
 GEOMETRY = ModelGeometry(height=64, width=64, num_frames=8, context_frames=1)
 
@@ -86,8 +92,8 @@ def test_text_keys_are_accepted_too() -> None:
 
 def test_client_side_imports_no_model_code() -> None:
     code = (
-        "import sys, foresight.node, foresight.node.client, foresight.node.wire\n"
-        "heavy = [m for m in ('torch', 'diffusers', 'transformers', 'cv2', 'foresight.imaging') if m in sys.modules]\n"
+        "import sys, foresight.node, foresight_client.client, foresight_client.wire\n"
+        "heavy = [m for m in ('torch', 'diffusers', 'transformers', 'cv2', 'sim_bridge.common.imaging') if m in sys.modules]\n"
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from foresight.params import LiveBytes, architecture, count_real_config, request_memory, training_memory
+from foresight.cli import main
+from foresight.params import (
+    LiveBytes,
+    architecture,
+    count_real_config,
+    request_memory,
+    training_memory,
+)
 
 # The estimate against the tensors a real request holds at its peak (the same accounting on real
 # tensors): 437 against 431 MiB on the tiny model at M=16 on 3 December.
@@ -105,18 +112,17 @@ def count_trainable_bytes(arch) -> int:
 
 
 @pytest.mark.slow
-def test_params_cli_memory_and_train_tables():
-    out = subprocess.run([sys.executable, "-m", "foresight.cli", "params", "--memory", "--train", "--model", "tiny",
-                          "--batch", "1,2", "--json"], capture_output=True, text=True, check=True).stdout
-    report = json.loads(out)
+def test_params_cli_memory_and_train_tables(capsys):
+    main(["params", "--memory", "--train", "--model", "tiny", "--batch", "1,2", "--json"])
+    report = json.loads(capsys.readouterr().out)
     assert [r["batch"] for r in report["memory"]] == [1, 2]
     assert all(r["request_peak_bytes"] > r["weights_total_bytes"] for r in report["memory"])
     assert [(r["gradient_checkpointing"], r["batch"]) for r in report["train"]] == [
         (False, 1), (False, 2), (True, 1), (True, 2)]
 
 
-def test_params_cli_memory_table():
-    out = subprocess.run([sys.executable, "-m", "foresight.cli", "params", "--memory", "--model", "tiny", "--batch", "1"],
-                         capture_output=True, text=True, check=True).stdout
+def test_params_cli_memory_table(capsys):
+    main(["params", "--memory", "--model", "tiny", "--batch", "1"])
+    out = capsys.readouterr().out
     assert "one request, tiny at 64x64x8, bf16" in out
     assert "| batch (M) | text | encode | UNet call | VAE decode | request peak |" in out and "\n| 1 | " in out

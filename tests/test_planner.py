@@ -7,13 +7,21 @@ import json
 
 import imageio.v3 as iio
 import numpy as np
-
-from foresight.node.client import ForesightClient
-from sim_bridge.planner import (PLANNER_KINDS, FIRST_SEED, PlannerConfig, candidates, instruction,
-                                make_goal, rank, run_planner)
-from sim_bridge.replay import NodeGeometry
-from sim_bridge.tabletop import Scene, run_task
+from foresight_client.client import ForesightClient
 from test_replay import TIMEOUT_S, Echo, Node
+
+from sim_bridge.apps.planner import (
+    FIRST_SEED,
+    PLANNER_KINDS,
+    PlannerConfig,
+    candidates,
+    instruction,
+    make_goal,
+    rank,
+    run_planner,
+)
+from sim_bridge.apps.replay import NodeGeometry
+from sim_bridge.simulator.tabletop import Scene, run_task
 
 GEOMETRY = NodeGeometry("oracle", 64, 64, num_frames=8, context_frames=1)
 
@@ -71,8 +79,8 @@ def test_planner_end_to_end_one_request_per_decision(tmp_path):
 
 
 def test_runtime_takes_a_users_own_agent_and_subscriber():
-    from sim_bridge.planner import GoalEnvironment, StepRecorder
-    from sim_bridge.runtime import run_episode
+    from sim_bridge.apps.planner import GoalEnvironment, StepRecorder
+    from sim_bridge.apps.runtime import run_episode
 
     class TrueTask:
         def get_action(self, observation):

@@ -9,7 +9,12 @@ from foresight.diffusion.edm import karras_sigmas
 from foresight.diffusion.sampling import sample_euler
 from foresight.dtypes import resolve_dtype
 from foresight.loading import build_tiny_svd
-from foresight.model_dir import TINY_RANDOM_AID, TINY_RANDOM_SVD, load_model_dir, save_model_dir
+from foresight.model_dir import (
+    TINY_RANDOM_AID,
+    TINY_RANDOM_SVD,
+    load_model_dir,
+    save_model_dir,
+)
 from foresight.models.aid import AIDModel
 from foresight.models.encoders import TextEncoder, bundled_text_encoder_path
 from foresight.pipeline import load_pipeline
@@ -137,7 +142,7 @@ def test_compiled_unet_predicts_what_eager_predicts():
 
 def test_predict_command_runs_bf16_and_passes_compile_on(tmp_path, capsys, monkeypatch):
     from foresight.cli import main
-    from foresight.imaging import write_png
+    from sim_bridge.common.imaging import write_png
 
     asked = {}
 

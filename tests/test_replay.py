@@ -18,14 +18,12 @@ import cv2
 import imageio.v3 as iio
 import numpy as np
 import pytest
+from foresight_client.client import ForesightClient
+from test_bridge_raw import write_trajectory
 
 from foresight.config import SamplerSettings
-from foresight.imaging import fit_frames, fit_point
-from foresight.node.client import ForesightClient
 from foresight.node.server import NodeServer, ServerConfig
-from sim_bridge.episode_io import write_episode
-from sim_bridge.readers import read_episodes
-from sim_bridge.replay import (
+from sim_bridge.apps.replay import (
     EpisodeEnvironment,
     NodeGeometry,
     ReplayConfig,
@@ -33,10 +31,12 @@ from sim_bridge.replay import (
     decision_steps,
     run_replay,
 )
-from sim_bridge.runtime import run_episode
-from sim_bridge.scoring import locate_object
-from sim_bridge.tabletop import make_episode
-from test_bridge_raw import write_trajectory
+from sim_bridge.apps.runtime import run_episode
+from sim_bridge.common.imaging import fit_frames, fit_point
+from sim_bridge.data.episode_io import write_episode
+from sim_bridge.data.readers import read_episodes
+from sim_bridge.simulator.scoring import locate_object
+from sim_bridge.simulator.tabletop import make_episode
 
 TIMEOUT_S = 600.0  # the CPU may be shared with training: be patient, not flaky
 ROOT = Path(__file__).resolve().parents[1]
@@ -200,7 +200,7 @@ def test_killed_process_then_resume(tmp_path):
     node = Echo(delay_s=1.0)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     with Node(node) as endpoint:
-        command = [sys.executable, "-m", "sim_bridge.replay", "--episodes", str(root),
+        command = [sys.executable, "-m", "sim_bridge.apps.replay", "--episodes", str(root),
                    "--endpoint", endpoint, "--out", str(out), "--steps", "2", "--timeout", "600"]
         proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT)

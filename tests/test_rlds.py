@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from tfrecord import TFRecordWriter
 
-from sim_bridge.episode_io import EpisodeFormatError
-from sim_bridge.readers import find_episodes, read_episodes
-from sim_bridge.tabletop import make_episode
+from sim_bridge.data.episode_io import EpisodeFormatError
+from sim_bridge.data.readers import find_episodes, read_episodes
+from sim_bridge.simulator.tabletop import make_episode
 
 
 def _image(shape=(64, 64, 3), encoding="jpeg") -> dict:

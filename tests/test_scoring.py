@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from test_tabletop import SIZE, _fixed_scene
 
-from sim_bridge.scoring import (
+from sim_bridge.simulator.scoring import (
     accepted_tracks,
     follow_error,
     follow_tolerance,
     locate_object,
 )
-from sim_bridge.tabletop import (
+from sim_bridge.simulator.tabletop import (
     PALETTE,
     Task,
     apply_task,

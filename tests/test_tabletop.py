@@ -9,13 +9,23 @@ import sys
 import numpy as np
 import pytest
 
-from sim_bridge.episode_io import iter_episodes
-from sim_bridge.instructions import PARAPHRASES, TEMPLATES, instruction_for
-from sim_bridge.tabletop import (
-    EXTRUDE, PUSH_DIRECTIONS, Scene, SceneObject, TableLook, Task, apply_task, main,
-    make_episode, object_track, render, run_task,
+from sim_bridge.data.episode_io import iter_episodes
+from sim_bridge.simulator.instructions import PARAPHRASES, TEMPLATES, instruction_for
+from sim_bridge.simulator.tabletop import (
+    EXTRUDE,
+    PUSH_DIRECTIONS,
+    Scene,
+    SceneObject,
+    TableLook,
+    Task,
+    apply_task,
+    main,
+    make_episode,
+    object_track,
+    render,
+    run_task,
 )
-from sim_bridge.tasks import TASK_KINDS
+from sim_bridge.simulator.tasks import TASK_KINDS
 
 SIZE = 64
 
@@ -146,7 +156,7 @@ def test_templates_and_paraphrases_are_disjoint():
 
 
 def test_cli_writes_n_readable_episodes(tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="sim_bridge.tabletop")
+    caplog.set_level(logging.INFO, logger="sim_bridge.simulator.tabletop")
     main(["--n", "3", "--seed", "5", "--out", str(tmp_path), "--size", "64", "--frames", "6"])
     episodes = list(iter_episodes(tmp_path))
     assert [e.meta["seed"] for _, e in episodes] == [5, 6, 7]
@@ -159,7 +169,7 @@ def test_cli_writes_n_readable_episodes(tmp_path, caplog):
 
 def test_cli_runs_as_module(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "sim_bridge.tabletop", "--n", "1", "--seed", "0", "--out",
+        [sys.executable, "-m", "sim_bridge.simulator.tabletop", "--n", "1", "--seed", "0", "--out",
          str(tmp_path), "--size", "64", "--frames", "4"], capture_output=True, text=True,
         timeout=60)
     assert result.returncode == 0, result.stderr

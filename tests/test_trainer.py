@@ -15,7 +15,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from foresight.imaging import fit_frames
 from foresight.loading import build_tiny_svd
 from foresight.model_dir import TINY_RANDOM_AID, TINY_RANDOM_SVD, load_model_dir
 from foresight.states import TemplateDecomposer
@@ -24,6 +23,7 @@ from foresight.training.data import RecordedEpisodes
 from foresight.training.loss import aid_loss
 from foresight.training.stages import AIDStage
 from foresight.training.trainer import cast_frozen, train
+from sim_bridge.common.imaging import fit_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -189,9 +189,9 @@ def test_gradient_checkpointing_gives_the_same_gradients(svd_folder, tmp_path):
 
 
 def test_lerobot_dataset_from_the_simulator_trains_through_the_data_path(tmp_path, svd_folder):
-    """Issue 24: a LeRobot v3 dataset written by `python -m sim_bridge.tabletop --format lerobot`
+    """Issue 24: a LeRobot v3 dataset written by `python -m sim_bridge.simulator.tabletop --format lerobot`
     feeds the trainer through the same episode readers as every other format."""
-    from sim_bridge.tabletop import main as simulate
+    from sim_bridge.simulator.tabletop import main as simulate
 
     dataset = tmp_path / "lerobot"
     simulate(["--n", "3", "--seed", "0", "--size", "64", "--frames", "10", "--out", str(dataset),

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from foresight.training.wording import FRAMES, reword
-from sim_bridge.instructions import instruction_for
-from sim_bridge.tabletop import Scene
+from sim_bridge.simulator.instructions import instruction_for
+from sim_bridge.simulator.tabletop import Scene
 
 
 def _words(sentences) -> set[str]:

@@ -16,7 +16,9 @@ import functools
 import torch
 import torch.nn.functional as F
 from diffusers.models.embeddings import get_timestep_embedding
-from diffusers.models.transformers.transformer_temporal import TransformerSpatioTemporalModel
+from diffusers.models.transformers.transformer_temporal import (
+    TransformerSpatioTemporalModel,
+)
 from torch import nn
 
 from foresight.config import AdapterConfig

@@ -1,7 +1,5 @@
-"""The ZeroMQ foresight node. Importing this package pulls in only the light client side
-(numpy, pyzmq, msgpack); the server lives in `foresight.node.server`."""
+"""The ZeroMQ foresight node's server side: front (`server`), workers (`worker`, `ray_worker`),
+the `foresight serve` command (`cli`), its supervisor and a child-process launcher (`process`).
 
-from foresight.node.client import CurveKeys, ForesightClient, NodeUnavailable
-from foresight.node.protocol import ErrorCode, NodeError
-
-__all__ = ["CurveKeys", "ErrorCode", "ForesightClient", "NodeError", "NodeUnavailable"]
+The client, wire codec and protocol are the separate light package `foresight_client`.
+"""

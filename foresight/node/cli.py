@@ -10,7 +10,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from foresight.dtypes import DTYPE_NAMES
-from foresight.logs import setup_logging
 from foresight.node.process import SERVE_COMMAND
 from foresight.node.server import (
     DEFAULT_BIND,
@@ -27,6 +26,7 @@ from foresight.node.worker import (
     Predictor,
     warm_up,
 )
+from sim_bridge.common.logs import setup_logging
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ from typing import Sequence
 
 import cv2
 import numpy as np
+from foresight_client.protocol import ErrorCode, Limits, ModelGeometry, NodeError
 
-from foresight.imaging import fit_frames
-from foresight.node.protocol import ErrorCode, Limits, ModelGeometry, NodeError
+from sim_bridge.common.imaging import fit_frames
 
 JPEG_QUALITY = 90
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

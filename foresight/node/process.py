@@ -18,8 +18,8 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from foresight.node.client import ForesightClient
-from foresight.node.protocol import NodeError
+from foresight_client.client import ForesightClient
+from foresight_client.protocol import NodeError
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def _wait_ready(proc: subprocess.Popen, endpoint: str, log_path: Path, timeout_s
 @contextlib.contextmanager
 def _quiet_client_log() -> Iterator[None]:
     """Unanswered probes are expected while the node loads; the client would warn about each."""
-    client_log = logging.getLogger("foresight.node.client")
+    client_log = logging.getLogger("foresight_client.client")
     level = client_log.level
     client_log.setLevel(logging.ERROR)
     try:

@@ -23,10 +23,10 @@ from typing import Any, Callable
 
 import numpy as np
 import ray
+from foresight_client.protocol import ErrorCode, ModelGeometry, NodeError
 from ray import serve
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
-from foresight.node.protocol import ErrorCode, ModelGeometry, NodeError
 from foresight.node.worker import (
     DEFAULT_MAX_BATCH,
     DEFAULT_MAX_QUEUE,

@@ -33,11 +33,8 @@ import msgpack
 import numpy as np
 import zmq
 import zmq.auth
-from zmq.auth.thread import ThreadAuthenticator
-
-from foresight.node import memory, wire
-from foresight.node.images import encode_jpeg, prepare_frames
-from foresight.node.protocol import (
+from foresight_client import wire
+from foresight_client.protocol import (
     ARRAY_RANKS,
     PROTOCOL_VERSION,
     ErrorCode,
@@ -51,6 +48,10 @@ from foresight.node.protocol import (
     quote,
     request_id,
 )
+from zmq.auth.thread import ThreadAuthenticator
+
+from foresight.node import memory
+from foresight.node.images import encode_jpeg, prepare_frames
 from foresight.node.worker import (
     DEFAULT_MAX_BATCH,
     DEFAULT_MAX_QUEUE,

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 import numpy as np
+from foresight_client.protocol import ErrorCode, ModelGeometry, NodeError, quote
 
 from foresight.config import SamplerSettings
-from foresight.node.protocol import ErrorCode, ModelGeometry, NodeError, quote
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Training clips streamed from any episode source, with constant memory.
 
-episode set (simulator by seed, or recorded episodes found by `sim_bridge.readers`) -> clip
+episode set (simulator by seed, or recorded episodes found by `sim_bridge.data.readers`) -> clip
 sampler (random window, frame stride) -> `ClipStream`, an endless IterableDataset.
 
 Sample number s of the whole run (over steps, processes and workers) decides its episode and
@@ -13,31 +13,19 @@ from __future__ import annotations
 
 import logging
 from itertools import count
-from typing import Iterable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from foresight.imaging import fit_frames
 from foresight.states import StateDecomposer
 from foresight.training.wording import reword
-from sim_bridge.episode import Episode
-from sim_bridge.tasks import TRAIN_SEEDS
+from sim_bridge.common.imaging import fit_frames
+from sim_bridge.data.episode import Episode
+from sim_bridge.simulator.tasks import TRAIN_SEEDS
 
 logger = logging.getLogger(__name__)
 
-
-
-def tabletop_episodes(
-    seeds: Iterable[int], size: int, num_frames: int, kinds: tuple[str, ...], paraphrase: bool = False
-) -> Iterator[Episode]:
-    """Simulated episodes, one per seed, with a progress bar."""
-    from sim_bridge.tabletop import make_episode
-
-    seeds = list(seeds)
-    for seed in tqdm(seeds, desc="simulating episodes", leave=False):
-        yield make_episode(seed, size=size, num_frames=num_frames, paraphrase=paraphrase, kinds=kinds)
 
 
 class SimulatorEpisodes:
@@ -55,7 +43,7 @@ class SimulatorEpisodes:
         return self.n
 
     def load(self, i: int) -> Episode:
-        from sim_bridge.tabletop import make_episode
+        from sim_bridge.simulator.tabletop import make_episode
 
         return make_episode(self.first_seed + i, size=self.size, num_frames=self.num_frames, kinds=self.kinds)
 
@@ -64,7 +52,7 @@ class RecordedEpisodes:
     """Episodes on disk, any format `find_episodes` knows; only their locations are held."""
 
     def __init__(self, path: str, camera: int = 0) -> None:
-        from sim_bridge.readers import find_episodes
+        from sim_bridge.data.readers import find_episodes
 
         self.sources = [s for s in find_episodes(path) if s.has_camera(camera)]
         if not self.sources:

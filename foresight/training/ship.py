@@ -1,5 +1,9 @@
 """Packaging a training run as the embedded model: fp16 weights in the package, a model card.
 
+A maintainer's tool, run from a checkout (it writes into this package's `weights/`):
+`python -m foresight.training.ship --run RUN --eval RUN/eval.json`. Users keep their own models
+as model folders and pass them with `--model DIR`.
+
 A run is a chain folder (`foresight train tiny --out RUN`: RUN/vae, RUN/base, RUN/aid, ...) or one
 stage's folder (`foresight train tiny-aid-reword --out RUN`). The shipped AID model is the run's
 last AID stage; its base becomes `tiny-svd` unless it already is the shipped one.
@@ -12,6 +16,7 @@ that replays the chain, and the evaluation.
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 from pathlib import Path
@@ -119,7 +124,7 @@ def ship(run: str | Path, eval_report: str | Path, dest: Path = EMBEDDED_DIR) ->
         "replay": REPLAY,
         "commands": [
             f"foresight eval --model {model} --episodes {report['variants']['aid']['episodes']} --json {eval_report}",
-            f"foresight ship --run {run} --eval {eval_report}",
+            f"python -m foresight.training.ship --run {run} --eval {eval_report}",
         ],
         "evaluation_seeds": report["seeds"],
         "training_seconds": round(sum(entry["seconds"] for entry in chain), 1),
@@ -138,3 +143,18 @@ def ship(run: str | Path, eval_report: str | Path, dest: Path = EMBEDDED_DIR) ->
         shutil.rmtree(final, ignore_errors=True)
         folder.rename(final)
     return dest
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Package a trained run as the embedded 'tiny' model (fp16 weights, model card)."""
+    parser = argparse.ArgumentParser(prog="python -m foresight.training.ship", description=main.__doc__)
+    parser.add_argument("--run", required=True,
+                        help="what `foresight train --out` wrote: a chain (tiny) or one stage (tiny-aid-reword)")
+    parser.add_argument("--eval", required=True, help="the JSON report of `foresight eval` on that run")
+    args = parser.parse_args(argv)
+    dest = ship(args.run, args.eval)
+    print(f"shipped {args.run}'s last AID stage as the embedded model in {dest} (base: {dest.name}-svd)")
+
+
+if __name__ == "__main__":
+    main()

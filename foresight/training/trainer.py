@@ -32,7 +32,12 @@ from tqdm.auto import tqdm
 from foresight.dtypes import mixed_precision_dtype
 from foresight.states import StateDecomposer, make_decomposer
 from foresight.training.config import TrainConfig, write_resolved
-from foresight.training.data import ClipStream, RecordedEpisodes, SimulatorEpisodes, clip_loader
+from foresight.training.data import (
+    ClipStream,
+    RecordedEpisodes,
+    SimulatorEpisodes,
+    clip_loader,
+)
 from foresight.training.stages import build_stage
 
 logger = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Validation during training: predictions on held-out episodes, scored, plus a picture of them.
 
-On simulator episodes (`sim_bridge.tasks.EVAL_SEEDS`, never trained on) `foresight.evaluation`
+On simulator episodes (`sim_bridge.simulator.tasks.EVAL_SEEDS`, never trained on) `foresight.evaluation`
 measures instruction following with PSNR/SSIM; on recorded episodes (no object truth) PSNR/SSIM.
 """
 
@@ -12,15 +12,16 @@ from pathlib import Path
 import numpy as np
 
 from foresight.evaluation import evaluate_variant, predictions_figure
-from foresight.imaging import fit_frames, read_image
-from foresight.metrics import psnr, ssim
 from foresight.model_dir import LoadedModel
 from foresight.models.aid import AIDModel
 from foresight.pipeline import ForesightPipeline
 from foresight.states import StateDecomposer
 from foresight.training.config import ValidationConfig
-from foresight.training.data import RecordedEpisodes, tabletop_episodes
-from sim_bridge.tasks import EVAL_SEEDS, TRAINED_KINDS
+from foresight.training.data import RecordedEpisodes
+from sim_bridge.common.imaging import fit_frames, read_image
+from sim_bridge.common.metrics import psnr, ssim
+from sim_bridge.simulator.tabletop import make_episodes
+from sim_bridge.simulator.tasks import EVAL_SEEDS, TRAINED_KINDS
 
 
 def validate(model: AIDModel, cfg: ValidationConfig, seed: int,
@@ -30,7 +31,7 @@ def validate(model: AIDModel, cfg: ValidationConfig, seed: int,
     h, w, n, k = pipe.height, pipe.width, pipe.num_frames, pipe.context_frames
     if cfg.source == "simulator":
         seeds = range(EVAL_SEEDS.start, EVAL_SEEDS.start + cfg.episodes)
-        episodes = list(tabletop_episodes(seeds, h, n, TRAINED_KINDS))
+        episodes = list(make_episodes(seeds, h, n, TRAINED_KINDS))
         with tempfile.TemporaryDirectory() as tmp:
             figure = Path(tmp) / "predictions.png"
             result = evaluate_variant(pipe, episodes, seed, pipe.defaults.resolve(cfg.steps), figure=figure)

@@ -44,8 +44,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from sim_bridge.episode import Episode
-from sim_bridge.episode_io import EpisodeFormatError
+from sim_bridge.data.episode import Episode
+from sim_bridge.data.episode_io import EpisodeFormatError
 
 FRAME_PATTERN = re.compile(r"im_(\d+)\.jpg")
 CAMERA_PATTERN = re.compile(r"images(\d+)")

@@ -38,8 +38,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sim_bridge.episode import Episode
-from sim_bridge.episode_io import EpisodeFormatError
+from sim_bridge.data.episode import Episode
+from sim_bridge.data.episode_io import EpisodeFormatError
 
 INFO = "meta/info.json"
 TASKS = "meta/tasks.parquet"

@@ -12,7 +12,7 @@ Everything is deterministic: the same seed gives byte-identical frames.
 Pixel convention: the centre of pixel column j is x = j (so normalised x maps to x * size - 0.5),
 the same convention as the centroid `scoring.locate_object` returns.
 
-CLI: python -m sim_bridge.tabletop --n N --seed S --out DIR [--size 128] [--frames 16]
+CLI: python -m sim_bridge.simulator.tabletop --n N --seed S --out DIR [--size 128] [--frames 16]
      [--format foresight|lerobot]
 """
 
@@ -25,18 +25,19 @@ import logging
 import math
 import time
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from foresight.logs import setup_logging
-from sim_bridge.episode import Episode
-from sim_bridge.instructions import instruction_for
-from sim_bridge.tasks import TASK_KINDS
+from sim_bridge.common.logs import setup_logging
+from sim_bridge.data.episode import Episode
+from sim_bridge.simulator.instructions import instruction_for
+from sim_bridge.simulator.tasks import TASK_KINDS
 
-log = logging.getLogger("sim_bridge.tabletop")  # the same name when run with -m
+log = logging.getLogger("sim_bridge.simulator.tabletop")  # the same name when run with -m
 
 # Saturated colours with hues at least 40 degrees apart (0, 50, 129, 185, 227, 276), none near the
 # wood table (hue 25-40, saturation below 0.4) or the grey gripper, so colour alone finds them.
@@ -442,6 +443,16 @@ def make_episode(seed: int, size: int = 128, num_frames: int = 16,
     return episode
 
 
+def make_episodes(seeds: Iterable[int], size: int, num_frames: int, kinds: tuple[str, ...],
+                  paraphrase: bool = False) -> Iterator[Episode]:
+    """`make_episode` for each seed, lazily, with a progress bar."""
+    from tqdm.auto import tqdm
+
+    seeds = list(seeds)
+    for seed in tqdm(seeds, desc="simulating episodes", leave=False):
+        yield make_episode(seed, size=size, num_frames=num_frames, paraphrase=paraphrase, kinds=kinds)
+
+
 # ---------------------------------------------------------------------------------------------
 # Rendering
 
@@ -592,10 +603,10 @@ def main(argv: list[str] | None = None) -> None:
     dataset."""
     from tqdm import tqdm
 
-    from sim_bridge.episode_io import is_episode_dir, write_episode
-    from sim_bridge.lerobot import write_dataset
+    from sim_bridge.data.episode_io import is_episode_dir, write_episode
+    from sim_bridge.data.lerobot import write_dataset
 
-    parser = argparse.ArgumentParser(prog="python -m sim_bridge.tabletop", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m sim_bridge.simulator.tabletop", description=main.__doc__)
     parser.add_argument("--n", type=int, required=True, help="number of episodes")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first episode")
     parser.add_argument("--out", type=Path, required=True, help="output folder")

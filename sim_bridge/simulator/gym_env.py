@@ -9,7 +9,7 @@ the valid indices; one step runs that scripted skill and returns its frames in `
 reward is 1 when every object stands where the goal has it (within `follow_tolerance`), which
 also ends the episode; `max_steps` truncates it. `info["goal"]` is the goal image.
 
-    import gymnasium as gym, sim_bridge.gym_env
+    import gymnasium as gym, sim_bridge.simulator.gym_env
     env = gym.make("foresight/Tabletop-v0", size=64)
 """
 
@@ -21,10 +21,17 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from sim_bridge.instructions import unambiguous_instruction
-from sim_bridge.scoring import goal_reached
-from sim_bridge.tabletop import Scene, Task, apply_task, random_task, render, run_task
-from sim_bridge.tasks import TRAINED_KINDS
+from sim_bridge.simulator.instructions import unambiguous_instruction
+from sim_bridge.simulator.scoring import goal_reached
+from sim_bridge.simulator.tabletop import (
+    Scene,
+    Task,
+    apply_task,
+    random_task,
+    render,
+    run_task,
+)
+from sim_bridge.simulator.tasks import TRAINED_KINDS
 
 ENV_ID = "foresight/Tabletop-v0"
 ARM_LOW = np.array([0.0, 0.0, 0.0, 0.0, -180.0], np.float32)
@@ -104,4 +111,4 @@ class TabletopEnv(gym.Env):
         return render(self.scene, self.size)
 
 
-gym.register(id=ENV_ID, entry_point="sim_bridge.gym_env:TabletopEnv")
+gym.register(id=ENV_ID, entry_point="sim_bridge.simulator.gym_env:TabletopEnv")

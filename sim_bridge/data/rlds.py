@@ -33,8 +33,9 @@ from typing import Any
 
 import cv2
 import numpy as np
-from sim_bridge.episode import Episode
-from sim_bridge.episode_io import EpisodeFormatError
+
+from sim_bridge.data.episode import Episode
+from sim_bridge.data.episode_io import EpisodeFormatError
 
 FEATURES = "features.json"
 INSTRUCTION_KEYS = ("steps/language_instruction", "steps/observation/natural_language_instruction")

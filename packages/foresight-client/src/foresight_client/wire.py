@@ -26,7 +26,7 @@ from typing import Any, Mapping
 import msgpack
 import numpy as np
 
-from foresight.node.protocol import ErrorCode, NodeError, quote
+from foresight_client.protocol import ErrorCode, NodeError, quote
 
 REFUSED_KINDS = frozenset("VOcT")  # void/structured, object, complex (as openpi), and variable-width strings
 MAX_DIMS = 32

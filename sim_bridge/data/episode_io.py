@@ -33,7 +33,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from sim_bridge.episode import Episode
+from sim_bridge.data.episode import Episode
 
 FORMAT = "foresight-episode"
 FORMAT_VERSION = 1

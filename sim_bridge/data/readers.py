@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from sim_bridge import lerobot, rlds
-from sim_bridge.bridge_raw import camera_index, is_trajectory_dir, read_trajectory
-from sim_bridge.episode import Episode
-from sim_bridge.episode_io import EpisodeFormatError, is_episode_dir, read_episode
+from sim_bridge.data import lerobot, rlds
+from sim_bridge.data.bridge_raw import camera_index, is_trajectory_dir, read_trajectory
+from sim_bridge.data.episode import Episode
+from sim_bridge.data.episode_io import EpisodeFormatError, is_episode_dir, read_episode
 
 log = logging.getLogger(__name__)
 

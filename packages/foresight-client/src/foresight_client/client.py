@@ -23,8 +23,8 @@ import numpy as np
 import zmq
 import zmq.auth
 
-from foresight.node import wire
-from foresight.node.protocol import ErrorCode, NodeError
+from foresight_client import wire
+from foresight_client.protocol import ErrorCode, NodeError
 
 log = logging.getLogger(__name__)
 

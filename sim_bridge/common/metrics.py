@@ -1,6 +1,6 @@
 """Quality metrics for predicted clips: PSNR, SSIM, FVD and KVD on I3D features (or a Frechet distance
 on stand-in features when no I3D is at hand). Instruction following (where the instructed object
-ends up) is scored in `sim_bridge.scoring`."""
+ends up) is scored in `sim_bridge.simulator.scoring`."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ scored where object positions are known (our simulator episodes): the target is 
 in the last compared predicted frame and measured against its recorded position then.
 
 The loop is `runtime.run_episode`, as in the planner: `EpisodeEnvironment` (a recorded episode
-from any reader in `sim_bridge.readers`; one observation per decision step), `NodeAgent` (the
+from any reader in `sim_bridge.data.readers`; one observation per decision step), `NodeAgent` (the
 node predicts) and `ReplayRecorder` (the one subscriber: scores against the recorded future and
 writes the run folder). A user's own agent replays through the same environment and recorder.
 
@@ -31,7 +31,7 @@ Output folder (resumable: rerun the same command after an interruption):
 Every file is written through `atomic_files` (a temporary name renamed into place), so a kill at
 any moment leaves either the old complete file or the new complete one.
 
-CLI: python -m sim_bridge.replay --episodes PATH --endpoint tcp://127.0.0.1:5555 --out DIR
+CLI: python -m sim_bridge.apps.replay --episodes PATH --endpoint tcp://127.0.0.1:5555 --out DIR
      [--stride S] [--steps N] [--camera C]
 """
 
@@ -53,9 +53,12 @@ from typing import Any
 
 import cv2
 import numpy as np
+from foresight_client.client import DEFAULT_ENDPOINT, ForesightClient
 from tqdm import tqdm
 
-from foresight.imaging import (
+from sim_bridge.apps.runtime import run_episode
+from sim_bridge.common.atomic_files import atomic_path, write_csv, write_json
+from sim_bridge.common.imaging import (
     contact_sheet,
     fit_frames,
     fit_point,
@@ -63,15 +66,13 @@ from foresight.imaging import (
     write_gif,
     write_png,
 )
-from foresight.logs import setup_logging
-from foresight.metrics import psnr, ssim
-from foresight.node.client import DEFAULT_ENDPOINT, ForesightClient
-from sim_bridge.atomic_files import atomic_path, write_csv, write_json
-from sim_bridge.episode import Episode
-from sim_bridge.runtime import run_episode
-from sim_bridge.scoring import accepted_tracks, follow_error, follow_tolerance
+from sim_bridge.common.logs import setup_logging
+from sim_bridge.common.metrics import psnr, ssim
+from sim_bridge.common.tables import markdown_table
+from sim_bridge.data.episode import Episode
+from sim_bridge.simulator.scoring import accepted_tracks, follow_error, follow_tolerance
 
-log = logging.getLogger("sim_bridge.replay")  # the same name when run with -m
+log = logging.getLogger("sim_bridge.apps.replay")  # the same name when run with -m
 
 CONFIG_FILE = "replay_config.json"
 VIEW_SIDE = 256  # media are upscaled (nearest) until a panel is about this many pixels high
@@ -406,35 +407,30 @@ def run_replay(client: ForesightClient, episodes: Iterable[tuple[str, Episode]],
 
 
 def format_table(summary: dict) -> str:
-    """The summary as a fixed-width text table, one row per episode and one for all."""
-    def cell(value: Any, digits: int = 2) -> str:
-        if value is None:
-            return "-"
-        return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+    """The summary as a markdown table, one row per episode and one for all, then why any was skipped."""
+    def cell(value: Any, digits: int = 2) -> Any:
+        return f"{value:.{digits}f}" if isinstance(value, float) else value
 
-    rows = [("episode", "steps", "PSNR", "SSIM", "follow", "err px")]
-    notes = []
+    rows, notes = [], []
     for r in summary["episodes"]:
         if r["skipped"]:
             rows.append((r["episode"], "skipped", "", "", "", ""))
             notes.append(f"{r['episode']} skipped: {r['skipped']}")
             continue
-        rows.append((r["episode"], cell(r["decision_steps"]), cell(r["psnr"]), cell(r["ssim"], 3),
+        rows.append((r["episode"], r["decision_steps"], cell(r["psnr"]), cell(r["ssim"], 3),
                      cell(r["follow_rate"]), cell(r["follow_error_px"], 1)))
     o = summary["overall"]
-    rows.append(("ALL", cell(o["decision_steps"]), cell(o["psnr"]), cell(o["ssim"], 3),
+    rows.append(("ALL", o["decision_steps"], cell(o["psnr"]), cell(o["ssim"], 3),
                  cell(o["follow_rate"]), cell(o["follow_error_px"], 1)))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(wd) if i == 0 else c.rjust(wd)
-                       for i, (c, wd) in enumerate(zip(r, widths))).rstrip() for r in rows]
-    return "\n".join(lines + notes)
+    table = markdown_table(("episode", "steps", "PSNR", "SSIM", "follow", "err px"), rows)
+    return "\n".join([table, *notes])
 
 
 def main(argv: list[str] | None = None) -> None:
     """Replay recorded episodes through a running foresight node and score its predictions."""
-    from sim_bridge.readers import find_episodes, read_episodes
+    from sim_bridge.data.readers import find_episodes, read_episodes
 
-    parser = argparse.ArgumentParser(prog="python -m sim_bridge.replay", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m sim_bridge.apps.replay", description=main.__doc__)
     parser.add_argument("--episodes", type=Path, required=True,
                         help="an episode or a tree of them: our format, BridgeData raw, "
                              "LeRobot v3 or RLDS (docs/DATA.md)")

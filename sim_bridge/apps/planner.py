@@ -22,7 +22,7 @@ Success is judged on the simulator's state, not on pixels: every object within
 The baseline chooses uniformly at random among the same candidate sets (several trials per goal,
 as it costs no requests), with the same stopping rule and budget.
 
-CLI: python -m sim_bridge.planner --endpoint tcp://127.0.0.1:5555 --seeds N --out DIR
+CLI: python -m sim_bridge.apps.planner --endpoint tcp://127.0.0.1:5555 --seeds N --out DIR
 """
 
 from __future__ import annotations
@@ -38,20 +38,28 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from foresight_client.client import DEFAULT_ENDPOINT, ForesightClient
 from tqdm import tqdm
 
-from foresight.imaging import contact_sheet, fit_frames, write_gif, write_png
-from foresight.logs import setup_logging
-from foresight.node.client import DEFAULT_ENDPOINT, ForesightClient
-from sim_bridge.atomic_files import atomic_path, write_json
-from sim_bridge.instructions import unambiguous_instruction as instruction
-from sim_bridge.replay import NodeGeometry, mean_or_none
-from sim_bridge.runtime import run_episode
-from sim_bridge.scoring import follow_tolerance, goal_reached, locate_object
-from sim_bridge.tabletop import Scene, Task, apply_task, random_task, render, run_task
-from sim_bridge.tasks import PLANNER_SEEDS, TRAINED_KINDS
+from sim_bridge.apps.replay import NodeGeometry, mean_or_none
+from sim_bridge.apps.runtime import run_episode
+from sim_bridge.common.atomic_files import atomic_path, write_json
+from sim_bridge.common.imaging import contact_sheet, fit_frames, write_gif, write_png
+from sim_bridge.common.logs import setup_logging
+from sim_bridge.common.tables import markdown_table
+from sim_bridge.simulator.instructions import unambiguous_instruction as instruction
+from sim_bridge.simulator.scoring import follow_tolerance, goal_reached, locate_object
+from sim_bridge.simulator.tabletop import (
+    Scene,
+    Task,
+    apply_task,
+    random_task,
+    render,
+    run_task,
+)
+from sim_bridge.simulator.tasks import PLANNER_SEEDS, TRAINED_KINDS
 
-log = logging.getLogger("sim_bridge.planner")  # the same name when run with -m
+log = logging.getLogger("sim_bridge.apps.planner")  # the same name when run with -m
 
 PLANNER_KINDS = TRAINED_KINDS  # what the model was trained on
 FIRST_SEED = PLANNER_SEEDS.start  # goal seeds: disjoint from training, evaluation and demo
@@ -325,21 +333,19 @@ def run_planner(client: ForesightClient, seeds: Sequence[int],
 
 
 def format_table(summary: dict) -> str:
-    """Per-goal outcome and the two success rates, as text."""
-    lines = [f"{'goal seed':>10}  {'planner':>7}  {'random':>6}  steps  goal instruction"]
-    for e in summary["episodes"]:
-        lines.append(f"{e['seed']:>10}  {'yes' if e['success'] else 'no':>7}  "
-                     f"{e['random_success_rate']:>6.2f}  {len(e['steps']):>5}  {e['goal_instruction']}")
-    lines.append(f"success rate: planner {summary['planner_success_rate']:.2f}, random among the "
-                 f"same candidates {summary['random_success_rate']:.2f} "
-                 f"({summary['goals']} goals, {summary['config']['max_candidates']} candidates, "
-                 f"budget {summary['config']['budget']})")
-    return "\n".join(lines)
+    """Per-goal outcome as a markdown table, then the two success rates."""
+    rows = [(e["seed"], "yes" if e["success"] else "no", f"{e['random_success_rate']:.2f}",
+             len(e["steps"]), e["goal_instruction"]) for e in summary["episodes"]]
+    table = markdown_table(("goal seed", "planner", "random", "steps", "goal instruction"), rows)
+    return (f"{table}\nsuccess rate: planner {summary['planner_success_rate']:.2f}, random among the "
+            f"same candidates {summary['random_success_rate']:.2f} "
+            f"({summary['goals']} goals, {summary['config']['max_candidates']} candidates, "
+            f"budget {summary['config']['budget']})")
 
 
 def main(argv: list[str] | None = None) -> None:
     """Plan towards simulated goal images with a running foresight node; compare with random."""
-    parser = argparse.ArgumentParser(prog="python -m sim_bridge.planner", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m sim_bridge.apps.planner", description=main.__doc__)
     parser.add_argument("--endpoint", default=DEFAULT_ENDPOINT, help="node endpoint (%(default)s)")
     parser.add_argument("--seeds", type=int, default=10, help="number of goals")
     parser.add_argument("--first-seed", type=int, default=FIRST_SEED, help="seed of the first goal")

@@ -14,7 +14,7 @@ import numpy as np
 
 
 class TaskWords(Protocol):
-    """What a sentence needs of a task (`sim_bridge.tabletop.Task` has it)."""
+    """What a sentence needs of a task (`sim_bridge.simulator.tabletop.Task` has it)."""
 
     kind: str
     target: str

@@ -15,8 +15,8 @@ import re
 import cv2
 import numpy as np
 
-from sim_bridge.episode import Episode
-from sim_bridge.tabletop import Scene, Task, object_track
+from sim_bridge.data.episode import Episode
+from sim_bridge.simulator.tabletop import Scene, Task, object_track
 
 # A pixel matches a colour when its hue is within HUE_TOL degrees and it is saturated and bright
 # enough (HSV, 0-1); blobs below MIN_AREA of the frame are noise.

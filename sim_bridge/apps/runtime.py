@@ -1,7 +1,7 @@
 """A closed loop in openpi-client's runtime shape: an environment, an agent, subscribers.
 
 The loop only moves observations and actions between them, so a user swaps in their own
-environment (a real robot, `sim_bridge.gym_env`) or agent (another planner or policy) without
+environment (a real robot, `sim_bridge.simulator.gym_env`) or agent (another planner or policy) without
 touching the rest, and records what happens by adding a subscriber.
 """
 
