@@ -20,8 +20,9 @@ $(VENV)/.installed: pyproject.toml packages/foresight-client/pyproject.toml
 demo: $(VENV)/.installed
 	$(VENV)/bin/foresight demo
 
+# Two test processes (pytest-xdist): most slow tests wait on a child node or a subprocess.
 test: $(VENV)/.installed
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 bench: $(VENV)/.installed
 	$(PY) -m bench

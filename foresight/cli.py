@@ -21,6 +21,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
+    from foresight.dtypes import dtype_name
     from foresight.pipeline import load_pipeline
     from sim_bridge.common.imaging import (
         contact_sheet,
@@ -31,7 +32,10 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
     pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, backend=args.backend, engines=args.engines,
                          compile=args.compile)
-    print(f"backend: {pipe.backend_info['name']} ({pipe.backend_info['reason']}), {args.dtype} on {args.device}")
+    info = pipe.info()
+    compiled = ", compiled" if info["backend"]["details"].get("compiled") else ""
+    print(f"backend: {info['backend']['name']} ({info['backend']['reason']}{compiled}), "
+          f"{dtype_name(pipe.model.dtype)} on {info['device']}")
     context = np.stack([read_image(p) for p in args.frames])
     if len({f.shape for f in context}) > 1:
         raise SystemExit("all --frames must have the same size")

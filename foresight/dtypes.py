@@ -35,6 +35,14 @@ def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
     return dtype
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """A torch dtype of the three -> its name ("fp32", "bf16", "fp16")."""
+    for name, torch_name in _TORCH_NAMES.items():
+        if str(dtype) == f"torch.{torch_name}":
+            return name
+    raise ValueError(f"dtype must be one of {DTYPE_NAMES} as torch dtypes, got {dtype!r}")
+
+
 def mixed_precision_dtype(mixed_precision: str) -> torch.dtype:
     """accelerate's mixed_precision ("no" | "bf16" | "fp16") -> the dtype frozen weights are kept in."""
     return torch_dtype("fp32" if mixed_precision == "no" else mixed_precision)

@@ -222,15 +222,21 @@ def test_continuation_starts_from_a_model_folder_and_adds_the_sentence_token(tmp
 
 
 def test_validation_scores_simulator_and_recorded_episodes(tmp_path):
-    """The trainer's periodic validation, both sources: metrics in range and a picture of the predictions."""
+    """The trainer's periodic validation, both sources: seeded scores (the same seed gives the same
+    numbers, another seed other ones) and a picture with one row per episode."""
     from foresight.model_dir import build_tiny_random
     from foresight.training.config import ValidationConfig
     from foresight.training.validation import validate
 
     model = build_tiny_random()
-    metrics, sheet = validate(model, ValidationConfig(every=1, source="simulator", episodes=2, steps=1), 0)
-    assert set(metrics) == {"follow_rate", "psnr", "ssim"} and 0 <= metrics["follow_rate"] <= 1
-    assert sheet.dtype == np.uint8 and sheet.ndim == 3
-    tree = bridge_tree(tmp_path)
-    metrics, sheet = validate(model, ValidationConfig(every=1, source=str(tree), episodes=2, steps=1), 0)
-    assert set(metrics) == {"psnr", "ssim"} and metrics["psnr"] > 0 and sheet.ndim == 3
+    simulator = ValidationConfig(every=1, source="simulator", episodes=2, steps=1)
+    metrics, sheet = validate(model, simulator, 0)
+    assert set(metrics) == {"follow_rate", "psnr", "ssim"} and metrics["follow_rate"] in (0.0, 0.5, 1.0)
+    # two rows of context + 7 predicted frames (gap 2), a white bar of 8, the recorded last frame; x2
+    assert sheet.shape == (2 * (2 * 64 + 2), 2 * (8 * 64 + 7 * 2 + 8 + 64), 3)
+    assert validate(model, simulator, 0)[0] == metrics
+    recorded = ValidationConfig(every=1, source=str(bridge_tree(tmp_path)), episodes=2, steps=1)
+    metrics, sheet = validate(model, recorded, 0)
+    assert set(metrics) == {"psnr", "ssim"} and sheet.shape == (260, 1196, 3)
+    assert validate(model, recorded, 0)[0] == metrics
+    assert validate(model, recorded, 1)[0]["psnr"] != metrics["psnr"]
