@@ -5,7 +5,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
-EXTRAS ?= model,sim,dev,cpu,ray
+EXTRAS ?= model,sim,dev,cpu,ray,rerun
 
 $(VENV)/.installed: pyproject.toml packages/foresight-client/pyproject.toml
 	python3 -m venv $(VENV)
@@ -20,9 +20,10 @@ $(VENV)/.installed: pyproject.toml packages/foresight-client/pyproject.toml
 demo: $(VENV)/.installed
 	$(VENV)/bin/foresight demo
 
-# Two test processes (pytest-xdist): most slow tests wait on a child node or a subprocess.
+# Two test processes (pytest-xdist; a file's tests share one process and its fixtures): most slow
+# tests wait on a child node or a subprocess.
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -n 2
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 bench: $(VENV)/.installed
 	$(PY) -m bench

@@ -12,12 +12,18 @@ import numpy as np
 
 from foresight.dtypes import DTYPE_NAMES
 from sim_bridge.common.logs import setup_logging
+from sim_bridge.common.rerun_log import episode_path, recording_to, rrd_path
 
 logger = logging.getLogger("foresight")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="tiny", help="'tiny' (embedded), 'tiny-random' or a model folder")
+
+
+def add_rerun_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--rerun", type=rrd_path, default=None, metavar="FILE.rrd",
+                        help=f"also write a Rerun recording of {what} (needs rerun-sdk)")
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -60,6 +66,22 @@ def cmd_predict(args: argparse.Namespace) -> None:
     write_png(out.with_suffix(".png"), contact_sheet(rows))
     print(f"predicted {video.shape[0]} x {video.shape[1]} frames at {pipe.height}x{pipe.width} in {elapsed:.2f}s")
     print(f"wrote {out} and {out.with_suffix('.png')}")
+    if args.rerun:
+        record_prediction(args.rerun, shown, args.instruction, video, elapsed)
+        print(f"wrote {args.rerun}")
+
+
+def record_prediction(path: Path, context: np.ndarray, instructions: list[str], video: np.ndarray,
+                      latency_s: float) -> None:
+    """One request as episode "predict" of a Rerun recording: the K context frames at frames 0..K-1, each
+    instruction's predicted frames after them as predicted/<instruction>, the latency at step 0."""
+    with recording_to(path, "foresight-predict") as recording:
+        entity = episode_path("predict")
+        recording.text([*entity, "instruction"], "\n".join(instructions))
+        recording.frames([*entity, "context"], context, 0)
+        for text, predicted in zip(instructions, video):
+            recording.frames([*entity, "predicted", text], predicted, len(context))
+        recording.scalars([*entity, "metrics"], 0, {"latency_s": latency_s})
 
 
 def _gib(n: int) -> str:
@@ -152,15 +174,17 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     sampler = {"steps": args.steps, "i3d": args.i3d, "guidance_interval": None if args.guide_every_step else "config",
                "guidance_frame": args.guidance_frame, "guidance_text": args.guidance_text, "figure": args.figure}
-    if args.episodes_dir:
-        variants = tuple(args.variants.split(",")) if args.variants else RECORDED_VARIANTS
-        report = run_eval_recorded(args.model, args.episodes_dir, args.episodes, args.seed, variants,
-                                   stride=args.stride, per_episode=args.clips_per_episode, **sampler)
-        print(f"{report['clips']} clips from {report['episodes_used']} of {report['episodes_found']} episodes "
-              f"(skipped: {report['skipped']})")
-    else:
-        variants = tuple(args.variants.split(",")) if args.variants else VARIANTS
-        report = run_eval(args.model, args.episodes, args.seed, variants, **sampler)
+    with recording_to(args.rerun, "foresight-eval") as recording:
+        if args.episodes_dir:
+            variants = tuple(args.variants.split(",")) if args.variants else RECORDED_VARIANTS
+            report = run_eval_recorded(args.model, args.episodes_dir, args.episodes, args.seed, variants,
+                                       stride=args.stride, per_episode=args.clips_per_episode, recording=recording,
+                                       **sampler)
+            print(f"{report['clips']} clips from {report['episodes_used']} of {report['episodes_found']} episodes "
+                  f"(skipped: {report['skipped']})")
+        else:
+            variants = tuple(args.variants.split(",")) if args.variants else VARIANTS
+            report = run_eval(args.model, args.episodes, args.seed, variants, recording=recording, **sampler)
     print(format_table(report))
     print(report["distance_note"])
     if args.json:
@@ -168,6 +192,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
         print(f"wrote {args.json}")
     if args.figure:
         print(f"wrote {args.figure}")
+    if args.rerun:
+        print(f"wrote {args.rerun}")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -213,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=DTYPE_NAMES, default="fp32",
                    help="what the PyTorch parts compute in (the sampler's state stays fp32)")
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet (PyTorch backend; first request compiles)")
+    add_rerun_argument(p, "the context and each instruction's predicted frames")
     p.set_defaults(func=cmd_predict)
 
     from foresight.node.cli import add_serve_arguments, run_serve
@@ -261,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="write the full report here")
     p.add_argument("--figure", default=None,
                    help="PNG of the first variant's predictions on the first 6 episodes, beside the recorded final frames")
+    add_rerun_argument(p, "every episode's context, recorded truth and each variant's prediction and scores")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("params", help="parameter counts, request and training memory of AID (no weights needed)")

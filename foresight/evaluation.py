@@ -8,6 +8,10 @@ Variants:
 - no-states, no-adapters, no-de: knock-outs of the trained model at inference (state descriptions
   emptied, model loaded without its adapters or without the DE branch). They are NOT retrained
   ablations as in the paper; they show what the trained model relies on.
+
+With a Rerun recording (`foresight eval --rerun FILE.rrd`), each episode (or clip) is logged once with
+its context and recorded truth, and each variant adds its prediction, the instruction it was given and its
+scores on that episode (`log_episodes`, `log_variant`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from foresight.pipeline import ForesightPipeline
 from foresight.states import make_decomposer
 from sim_bridge.common.imaging import contact_sheet, fit_frames, write_png
 from sim_bridge.common.metrics import distance_note, psnr, ssim, video_distances
+from sim_bridge.common.rerun_log import RerunLog, episode_path
 from sim_bridge.common.tables import markdown_table
 from sim_bridge.data.episode import Episode
 from sim_bridge.data.readers import EpisodeSource, find_episodes
@@ -120,18 +125,54 @@ def follow_scores(episodes: list[Episode], preds: np.ndarray) -> dict:
     }
 
 
+def episode_id(episode: Episode) -> str:
+    """An evaluated episode's name in a recording: its simulator seed, or its source and first frame."""
+    meta = episode.meta
+    return f"seed_{meta['seed']}" if "seed" in meta else f"{meta['source']}@{meta['start']}"
+
+
+def log_episodes(recording: RerunLog, episodes: list[Episode], context_frames: int) -> None:
+    """Each episode's first K frames as `context` (frames 0..K-1) and the rest as `truth`."""
+    k = context_frames
+    for episode in episodes:
+        path = episode_path(episode_id(episode))
+        recording.frames([*path, "context"], episode.frames[:k], 0)
+        recording.frames([*path, "truth"], episode.frames[k:], k)
+
+
+def log_variant(recording: RerunLog, variant: str, episodes: list[Episode], preds: np.ndarray, context_frames: int,
+                follow: bool) -> None:
+    """Per episode, `variant`'s prediction (predicted/<variant>, after the context), the instruction it was
+    given (instruction/<variant>) and its scores at step 0 (metrics/<variant>/psnr, ssim and, with `follow`,
+    follow_error_px, None where the target is not found, and followed)."""
+    for episode, pred in zip(episodes, preds):
+        path = episode_path(episode_id(episode))
+        recording.frames([*path, "predicted", variant], pred, context_frames)
+        recording.text([*path, "instruction", variant], episode.instruction)
+        scores = {"psnr": psnr(pred, episode.frames[context_frames:]),
+                  "ssim": ssim(pred, episode.frames[context_frames:])}
+        if follow:
+            error = follow_error(pred[-1], episode.object_colors[episode.target], accepted_tracks(episode)[:, -1])
+            scores |= {"follow_error_px": None if np.isinf(error) else error,
+                       "followed": error <= follow_tolerance(pred.shape[-2])}
+        recording.scalars([*path, "metrics", variant], 0, scores)
+
+
 def evaluate_variant(pipe: ForesightPipeline, episodes: list[Episode], seed: int, sampler: SamplerSettings,
                      i3d: str | None = None, follow: bool = True, figure: str | Path | None = None,
-                     figure_rows: int = 6) -> dict:
+                     figure_rows: int = 6, recording: RerunLog | None = None, variant: str = "aid") -> dict:
     """Predict every episode (or clip) from its first K frames and score the prediction.
 
     follow: score instruction following (simulator episodes only: it needs the true object tracks).
     figure: also write `predictions_figure` of the first `figure_rows` episodes there (PNG).
+    recording: also log the predictions and per-episode scores there, as `variant` (`log_variant`).
     """
     preds = predict_episodes(pipe, episodes, seed, sampler)
     if figure is not None:
         Path(figure).parent.mkdir(parents=True, exist_ok=True)
         write_png(figure, predictions_figure(episodes[:figure_rows], preds[:figure_rows], pipe.context_frames))
+    if recording is not None:
+        log_variant(recording, variant, episodes, preds, pipe.context_frames, follow)
     result = {"episodes" if follow else "clips": len(episodes)}
     if follow:
         result |= follow_scores(episodes, preds)
@@ -151,16 +192,21 @@ def _report_head(name: str, sampler: SamplerSettings, i3d: str | None) -> dict:
 
 def _evaluate_variants(name: str, probe: ForesightPipeline, variants: tuple[str, ...],
                        episodes_of: Callable[[str], list[Episode]], seed: int, sampler: SamplerSettings,
-                       i3d: str | None, figure: str | Path | None, follow: bool) -> dict:
+                       i3d: str | None, figure: str | Path | None, follow: bool,
+                       recording: RerunLog | None = None) -> dict:
     """Each variant's scores on `episodes_of(variant)`; `probe` is the full model's pipeline, the
-    others load without their knocked-out parts; the figure shows the first variant."""
+    others load without their knocked-out parts; the figure shows the first variant. The variants'
+    episodes differ only in their words, so a recording gets their frames once."""
+    if recording is not None:
+        log_episodes(recording, episodes_of(variants[0]), probe.context_frames)
     scores = {}
     for variant in variants:
         episodes = episodes_of(variant)
         logger.info("evaluating %s on %d %s", variant, len(episodes), "episodes" if follow else "recorded clips")
         pipe = probe if variant == "aid" else variant_pipeline(name, variant)
         scores[variant] = evaluate_variant(pipe, episodes, seed, sampler, i3d=i3d, follow=follow,
-                                           figure=figure if variant == variants[0] else None)
+                                           figure=figure if variant == variants[0] else None,
+                                           recording=recording, variant=variant)
     return scores
 
 
@@ -168,12 +214,13 @@ def run_eval(name: str, n: int, seed: int, variants: tuple[str, ...] = VARIANTS,
              i3d: str | None = None,
              guidance_interval: tuple[float, float] | None | Literal["config"] = "config",
              guidance_frame: float | None = None, guidance_text: float | None = None,
-             figure: str | Path | None = None) -> dict:
+             figure: str | Path | None = None, recording: RerunLog | None = None) -> dict:
     """Evaluate each variant on simulator seeds EVAL_SEEDS.start + seed + [0, n).
 
     steps, guidance_*: the sampler, as in `ForesightPipeline.predict` (None: the model's defaults;
     "config": the model's guidance interval).
     figure: write the first variant's predictions of the first episodes there (the README's figure).
+    recording: log every episode and each variant's predictions and scores there (module doc).
     """
     if n < 2:
         raise ValueError(f"evaluation needs at least 2 episodes (the Frechet distance compares distributions), got {n}")
@@ -185,7 +232,7 @@ def run_eval(name: str, n: int, seed: int, variants: tuple[str, ...] = VARIANTS,
     reworded = list(make_episodes(seeds, size, frames, TRAINED_KINDS, paraphrase=True))
     sampler = probe.defaults.resolve(steps, guidance_frame, guidance_text, guidance_interval)
     scores = _evaluate_variants(name, probe, variants, lambda v: reworded if v == "aid-paraphrase" else plain,
-                                seed, sampler, i3d, figure, follow=True)
+                                seed, sampler, i3d, figure, follow=True, recording=recording)
     return _report_head(name, sampler, i3d) | {"seeds": [seeds.start, seeds.stop], "variants": scores}
 
 
@@ -223,11 +270,11 @@ def run_eval_recorded(name: str, episodes_dir: str | Path, n: int, seed: int,
                       steps: int | None = None, i3d: str | None = None,
                       guidance_interval: tuple[float, float] | None | Literal["config"] = "config",
                       guidance_frame: float | None = None, guidance_text: float | None = None,
-                      figure: str | Path | None = None) -> dict:
+                      figure: str | Path | None = None, recording: RerunLog | None = None) -> dict:
     """Evaluate each variant on clips of recorded episodes (any format `sim_bridge.data.readers` reads).
 
     n episodes are taken evenly from the sorted episodes under `episodes_dir` (all when there are
-    fewer); clips as in `recorded_clips`; clip i samples with seed `seed + i`.
+    fewer); clips as in `recorded_clips`; clip i samples with seed `seed + i`. recording: as in `run_eval`.
     """
     _check_variants(variants, RECORDED_VARIANTS)
     sources = find_episodes(episodes_dir)
@@ -246,7 +293,7 @@ def run_eval_recorded(name: str, episodes_dir: str | Path, n: int, seed: int,
         "clip": {"num_frames": probe.num_frames, "context_frames": probe.context_frames, "stride": stride,
                  "per_episode": per_episode, "height": probe.height, "width": probe.width},
         "variants": _evaluate_variants(name, probe, variants, lambda v: clips, seed, sampler, i3d, figure,
-                                       follow=False),
+                                       follow=False, recording=recording),
     }
 
 

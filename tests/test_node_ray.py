@@ -18,7 +18,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 LOOPBACK = REPO.parent / "shared" / "loopback-only"
-SCENARIO_TIMEOUT_S = 400
+SCENARIO_TIMEOUT_S = 600
 
 pytestmark = [
     pytest.mark.ray,

@@ -22,7 +22,12 @@ Success is judged on the simulator's state, not on pixels: every object within
 The baseline chooses uniformly at random among the same candidate sets (several trials per goal,
 as it costs no requests), with the same stopping rule and budget.
 
+With `--rerun FILE.rrd` each goal is also logged into a Rerun recording (`log_goal`; the layout of
+`sim_bridge.common.rerun_log`), so every candidate's predicted future can be scrubbed beside the one
+chosen, the frames the simulator then executed and the goal.
+
 CLI: python -m sim_bridge.apps.planner --endpoint tcp://127.0.0.1:5555 --seeds N --out DIR
+     [--rerun FILE.rrd]
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from sim_bridge.apps.runtime import run_episode
 from sim_bridge.common.atomic_files import atomic_path, write_json
 from sim_bridge.common.imaging import contact_sheet, fit_frames, write_gif, write_png
 from sim_bridge.common.logs import setup_logging
+from sim_bridge.common.rerun_log import RerunLog, episode_path, recording_to, rrd_path
 from sim_bridge.common.tables import markdown_table
 from sim_bridge.simulator.instructions import unambiguous_instruction as instruction
 from sim_bridge.simulator.scoring import follow_tolerance, goal_reached, locate_object
@@ -296,11 +302,38 @@ def _gap(frame: np.ndarray) -> np.ndarray:
     return np.full((frame.shape[0], 2, 3), 255, np.uint8)
 
 
+def log_goal(recording: RerunLog, goal: Goal, result: dict) -> None:
+    """One goal as episode `goal_<seed>` of a Rerun recording. Decision step s covers frames
+    s*N .. s*N+N-1, as in the GIF: `context` (K frames), then `predicted` (the chosen candidate)
+    and `candidates/<instruction>` (every candidate's prediction) beside `executed` (the N frames
+    the simulator rendered for the chosen task). `goal` is the goal image, `goal_instruction` the
+    hidden task, `instruction` the chosen instruction per step; per step the metrics `distance`
+    (the chosen prediction's to the goal), `latency_s` and `chose_true_task`, and `success` at
+    the step after the last."""
+    path = episode_path(f"goal_{goal.seed}")
+    recording.image([*path, "goal"], goal.image)
+    recording.text([*path, "goal_instruction"], result["goal_instruction"])
+    for s, step in enumerate(result["steps"]):
+        first, k = s * len(step["frames"]), len(step["context"])
+        index = step["candidates"].index(step["chosen"])
+        recording.frames([*path, "context"], step["context"], first)
+        recording.frames([*path, "predicted"], step["predictions"][index], first + k)
+        for text, predicted in zip(step["candidates"], step["predictions"]):
+            recording.frames([*path, "candidates", text], predicted, first + k)
+        recording.frames([*path, "executed"], step["frames"], first)
+        recording.text([*path, "instruction"], step["chosen"], step=s)
+        recording.scalars([*path, "metrics"], s,
+                          {"distance": step["distances"][index], "latency_s": step["latency_s"],
+                           "chose_true_task": step["chose_true_task"]})
+    recording.scalars([*path, "metrics"], len(result["steps"]), {"success": result["success"]})
+
+
 def run_planner(client: ForesightClient, seeds: Sequence[int],
                 out_dir: str | os.PathLike | None = None,
-                config: PlannerConfig = PlannerConfig()) -> dict:
+                config: PlannerConfig = PlannerConfig(), recording: RerunLog | None = None) -> dict:
     """Plan towards the goal of each seed with the node, and with random choice among the same
-    candidates; returns (and writes to out_dir/planner_summary.json) the success rates."""
+    candidates; returns (and writes to out_dir/planner_summary.json) the success rates. With
+    `recording`, each goal the node pursued is logged there (`log_goal`)."""
     if not 1 <= config.max_candidates <= 16:
         raise ValueError(f"max_candidates must be in 1..16 (one request), "
                          f"got {config.max_candidates!r}")
@@ -316,6 +349,8 @@ def run_planner(client: ForesightClient, seeds: Sequence[int],
         result["random_success_rate"] = float(np.mean(randoms))
         if out is not None:
             result["media"] = write_episode_media(out, goal, result)
+        if recording is not None:
+            log_goal(recording, goal, result)
         result["steps"] = [_plain(s) for s in result["steps"]]
         episodes.append(result)
     summary = {
@@ -354,14 +389,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--budget", type=int, default=PlannerConfig.budget, help="steps per goal")
     parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: node's)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    parser.add_argument("--rerun", type=rrd_path, default=None, metavar="FILE.rrd",
+                        help="also write a Rerun recording: every candidate's prediction, the "
+                             "executed frames and the goal per step (needs rerun-sdk)")
     args = parser.parse_args(argv)
     setup_logging()
     config = PlannerConfig(max_candidates=args.candidates, budget=args.budget, steps=args.steps)
     seeds = range(args.first_seed, args.first_seed + args.seeds)
-    with ForesightClient(args.endpoint, timeout_s=args.timeout) as client:
-        summary = run_planner(client, list(seeds), args.out, config)
+    with (recording_to(args.rerun, "foresight-planner") as recording,
+          ForesightClient(args.endpoint, timeout_s=args.timeout) as client):
+        summary = run_planner(client, list(seeds), args.out, config, recording)
     print(format_table(summary))
-    print(f"summary: {args.out / 'planner_summary.json'}; GIFs: {args.out}")
+    print(f"summary: {args.out / 'planner_summary.json'}; GIFs: {args.out}"
+          + (f"; Rerun: {args.rerun}" if args.rerun else ""))
 
 
 if __name__ == "__main__":

@@ -14,8 +14,9 @@ in the last compared predicted frame and measured against its recorded position 
 
 The loop is `runtime.run_episode`, as in the planner: `EpisodeEnvironment` (a recorded episode
 from any reader in `sim_bridge.data.readers`; one observation per decision step), `NodeAgent` (the
-node predicts) and `ReplayRecorder` (the one subscriber: scores against the recorded future and
-writes the run folder). A user's own agent replays through the same environment and recorder.
+node predicts) and `ReplayRecorder` (scores against the recorded future and writes the run folder);
+with `--rerun FILE.rrd`, `RerunSubscriber` also logs every step into a Rerun recording (layout in
+`sim_bridge.common.rerun_log`). A user's own agent replays through the same environment and recorder.
 
 Output folder (resumable: rerun the same command after an interruption):
 
@@ -29,10 +30,11 @@ Output folder (resumable: rerun the same command after an interruption):
     summary.json, summary.csv     per episode and overall
 
 Every file is written through `atomic_files` (a temporary name renamed into place), so a kill at
-any moment leaves either the old complete file or the new complete one.
+any moment leaves either the old complete file or the new complete one. The Rerun recording is
+written whole by every run, resumed or not: steps finished before are logged from the run folder.
 
 CLI: python -m sim_bridge.apps.replay --episodes PATH --endpoint tcp://127.0.0.1:5555 --out DIR
-     [--stride S] [--steps N] [--camera C]
+     [--stride S] [--steps N] [--camera C] [--rerun FILE.rrd]
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ from sim_bridge.common.imaging import (
 )
 from sim_bridge.common.logs import setup_logging
 from sim_bridge.common.metrics import psnr, ssim
+from sim_bridge.common.rerun_log import RerunLog, episode_path, recording_to, rrd_path
 from sim_bridge.common.tables import markdown_table
 from sim_bridge.data.episode import Episode
 from sim_bridge.simulator.scoring import accepted_tracks, follow_error, follow_tolerance
@@ -307,6 +310,49 @@ class ReplayRecorder:
         write_json(self.out / "episodes" / f"{self.name}.json", self.record)  # last: done
 
 
+class RerunSubscriber:
+    """A runtime Subscriber logging what `recorder` scored into a Rerun recording, so it comes
+    after the recorder in the list: per step t, the context frames ending at frame t, the
+    prediction and the recorded truth from frame t+1 on, and the step's metrics at `step` t.
+    The steps an earlier run finished are logged at the episode's start (`log_stored`)."""
+
+    def __init__(self, recording: RerunLog, recorder: ReplayRecorder) -> None:
+        self.recording, self.recorder = recording, recorder
+
+    def log_stored(self) -> None:
+        """The instruction and every step the recorder holds; nothing for a skipped episode."""
+        if self.recorder.record["skipped"]:
+            return
+        self.recording.text(episode_path(self.recorder.episode_id, "instruction"),
+                            self.recorder.episode.instruction)
+        for t in sorted(self.recorder.results):
+            self._log_step(t)
+
+    def on_episode_start(self) -> None:
+        self.log_stored()
+
+    def on_step(self, observation: dict, action: dict) -> None:
+        self._log_step(observation["t"])
+
+    def on_episode_end(self) -> None:
+        pass
+
+    def _log_step(self, t: int) -> None:
+        pred, record = self.recorder.results[t]
+        h, w = pred.shape[1:3]
+        frames, k = self.recorder.episode.frames, self.recorder.geometry.context_frames
+        path = episode_path(self.recorder.episode_id)
+        self.recording.frames([*path, "context"], fit_frames(frames[t - k + 1: t + 1], h, w),
+                              t - k + 1)
+        self.recording.frames([*path, "predicted"], pred, t + 1)
+        self.recording.frames([*path, "truth"],
+                              fit_frames(frames[t + 1: t + 1 + record["frames_compared"]], h, w),
+                              t + 1)
+        self.recording.scalars([*path, "metrics"], t,
+                               {name: record[name] for name in
+                                ("psnr", "ssim", "follow_error_px", "followed", "latency_s")})
+
+
 def write_media(out: Path, name: str, episode: Episode, steps: list[tuple[int, int]],
                 preds: list[np.ndarray], context_frames: int, fps: float) -> dict[str, str]:
     """Side-by-side video (MP4 and GIF) and a contact sheet for one episode."""
@@ -378,10 +424,11 @@ def write_summary(out: Path, geometry: NodeGeometry, config: ReplayConfig,
 
 def run_replay(client: ForesightClient, episodes: Iterable[tuple[str, Episode]],
                out_dir: str | os.PathLike, config: ReplayConfig = ReplayConfig(),
-               total: int | None = None) -> dict:
+               total: int | None = None, recording: RerunLog | None = None) -> dict:
     """Replay `episodes` ((id, Episode) pairs from any reader) through the node behind `client`
     into the run folder `out_dir`, keeping what an earlier run there finished; returns the
-    summary (also written to disk)."""
+    summary (also written to disk). With `recording`, every episode's steps, finished now or
+    before, are logged there too."""
     out = Path(out_dir)
     geometry = NodeGeometry.from_info(client.info())
     check_run_folder(out, geometry, config)
@@ -397,11 +444,16 @@ def run_replay(client: ForesightClient, episodes: Iterable[tuple[str, Episode]],
         done = out / "episodes" / f"{name}.json"
         if done.is_file():
             records.append(json.loads(done.read_text()))
+            if recording is not None:
+                stored = ReplayRecorder(out, episode_id, episode, geometry, config)
+                RerunSubscriber(recording, stored).log_stored()
             continue
         bar.set_postfix_str(episode_id[-40:])
         recorder = ReplayRecorder(out, episode_id, episode, geometry, config)
+        subscribers = [recorder] if recording is None else [recorder,
+                                                            RerunSubscriber(recording, recorder)]
         run_episode(EpisodeEnvironment(episode, recorder.pending, geometry.context_frames),
-                    agent, [recorder])
+                    agent, subscribers)
         records.append(recorder.record)
     return write_summary(out, geometry, config, records)
 
@@ -433,7 +485,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m sim_bridge.apps.replay", description=main.__doc__)
     parser.add_argument("--episodes", type=Path, required=True,
                         help="an episode or a tree of them: our format, BridgeData raw, "
-                             "LeRobot v3 or RLDS (docs/DATA.md)")
+                             "LeRobot v3, RLDS or ROS bags (docs/DATA.md)")
     parser.add_argument("--endpoint", default=DEFAULT_ENDPOINT, help="node endpoint (%(default)s)")
     parser.add_argument("--out", type=Path, required=True, help="run folder; rerun to resume")
     parser.add_argument("--stride", type=int, default=None,
@@ -444,16 +496,20 @@ def main(argv: list[str] | None = None) -> None:
                              "('wrist') or a LeRobot/RLDS image key")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    parser.add_argument("--rerun", type=rrd_path, default=None, metavar="FILE.rrd",
+                        help="also write a Rerun recording: context, prediction and truth per "
+                             "episode, metrics per step (needs rerun-sdk)")
     args = parser.parse_args(argv)
     setup_logging()
     config = ReplayConfig(stride=args.stride, steps=args.steps, camera=args.camera, seed=args.seed)
     total = len(find_episodes(args.episodes))
-    with ForesightClient(args.endpoint, timeout_s=args.timeout) as client:
+    with (recording_to(args.rerun, "foresight-replay") as recording,
+          ForesightClient(args.endpoint, timeout_s=args.timeout) as client):
         summary = run_replay(client, read_episodes(args.episodes, args.camera), args.out, config,
-                             total)
+                             total, recording)
     print(format_table(summary))
     print(f"metrics: {args.out / 'summary.json'}, {args.out / 'steps.csv'}; "
-          f"media: {args.out / 'media'}")
+          f"media: {args.out / 'media'}" + (f"; Rerun: {args.rerun}" if args.rerun else ""))
 
 
 if __name__ == "__main__":

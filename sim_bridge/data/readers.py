@@ -1,13 +1,15 @@
 """One entry point for every episode source: our own format, BridgeData V2 raw folders, LeRobot v3
-datasets and RLDS (TFDS) shards.
+datasets, RLDS (TFDS) shards and ROS bags.
 
 `find_episodes(path)` walks a folder once and names every episode in it with a stable id (its
-path relative to `path`, or the folder name when `path` is itself an episode; LeRobot and RLDS
-episodes add `#<number>`), so a replay can resume by id; `EpisodeSource.load()` reads one
+path relative to `path`, or the folder or bag name when `path` is itself an episode; LeRobot and
+RLDS episodes add `#<number>`), so a replay can resume by id; `EpisodeSource.load()` reads one
 episode, and `read_episodes(path)` loads them lazily in that sorted order. Formats are told
 apart by shape: an `episode.json` means our format, an `images<d>` folder a Bridge trajectory,
-`meta/info.json` a LeRobot dataset, `features.json` beside `*.tfrecord*` shards an RLDS dataset.
-Hidden folders (unfinished writes) and `*lmdb*` folders (not the raw layout, skipped by the
+`meta/info.json` a LeRobot dataset, `features.json` beside `*.tfrecord*` shards an RLDS dataset,
+a `*.bag` file a ROS 1 bag and `metadata.yaml` beside `*.mcap` or `*.db3` files a rosbag2
+recording (one episode each; nothing inside a rosbag2 folder is read as other data). Hidden
+folders and files (unfinished writes) and `*lmdb*` folders (not the raw layout, skipped by the
 official Bridge converters too) are skipped.
 """
 
@@ -20,25 +22,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from sim_bridge.data import lerobot, rlds
+from sim_bridge.data import lerobot, rlds, rosbag
 from sim_bridge.data.bridge_raw import camera_index, is_trajectory_dir, read_trajectory
 from sim_bridge.data.episode import Episode
 from sim_bridge.data.episode_io import EpisodeFormatError, is_episode_dir, read_episode
 
 log = logging.getLogger(__name__)
 
-Camera = int | str  # a camera number, or a name (Bridge topic part, LeRobot or RLDS image key)
+Camera = int | str  # a number, or a name (Bridge or ROS topic part, LeRobot or RLDS image key)
 
 
 @dataclass(frozen=True)
 class EpisodeSource:
     """Where one episode lives, found without reading its frames. `path` is the episode folder,
-    the LeRobot dataset root or the RLDS shard; `index` the LeRobot episode index or the RLDS
-    record's byte offset in its shard."""
+    the LeRobot dataset root, the RLDS shard or the ROS bag (file or rosbag2 folder); `index` the
+    LeRobot episode index or the RLDS record's byte offset in its shard."""
 
     id: str
     path: Path
-    kind: Literal["foresight", "bridge_raw", "lerobot", "rlds"]
+    kind: Literal["foresight", "bridge_raw", "lerobot", "rlds", "rosbag"]
     index: int | None = None
 
     def has_camera(self, camera: Camera) -> bool:
@@ -48,6 +50,8 @@ class EpisodeSource:
             return lerobot.camera_key(self.path, camera) is not None
         if self.kind == "rlds":
             return rlds.image_key(rlds.read_features(self.path.parent), camera) is not None
+        if self.kind == "rosbag":
+            return rosbag.camera_topic(self.path, camera) is not None
         return camera == 0
 
     def load(self, camera: Camera = 0) -> Episode:
@@ -57,6 +61,8 @@ class EpisodeSource:
             return lerobot.read_episode(self.path, self.index, camera)
         if self.kind == "rlds":
             return rlds.read_episode(self.path, self.index, camera)
+        if self.kind == "rosbag":
+            return rosbag.read_episode(self.path, camera)
         if camera != 0:
             raise ValueError(f"{self.path}: our episode format has one camera (0), got {camera!r}")
         return read_episode(self.path)
@@ -67,8 +73,11 @@ def find_episodes(path: str | os.PathLike) -> list[EpisodeSource]:
     root = Path(path)
     if not root.exists():
         raise FileNotFoundError(f"episode path {root} does not exist")
+    if rosbag.is_bag_file(root):
+        return [EpisodeSource(root.name, root, "rosbag")]
     if not root.is_dir():
-        raise EpisodeFormatError(f"{root}: give an episode folder or a folder of episodes")
+        raise EpisodeFormatError(f"{root}: give an episode folder, a ROS bag or a folder of "
+                                 "episodes")
     found: list[EpisodeSource] = []
 
     def walk(folder: Path) -> None:
@@ -84,18 +93,24 @@ def find_episodes(path: str | os.PathLike) -> list[EpisodeSource]:
             for shard, offsets in rlds.episode_offsets(folder):
                 found.extend(EpisodeSource(f"{rel}/{shard.name}#{n}", shard, "rlds", offset)
                              for n, offset in enumerate(offsets))
+        elif rosbag.is_bag_dir(folder):
+            found.append(EpisodeSource(rel, folder, "rosbag"))
         else:
-            for child in sorted(p for p in folder.iterdir() if p.is_dir()
-                                and not p.name.startswith(".")):
-                if "lmdb" in child.name:
+            for child in sorted(p for p in folder.iterdir() if not p.name.startswith(".")
+                                and (p.is_dir() or rosbag.is_bag_file(p))):
+                if child.is_file():
+                    found.append(EpisodeSource(child.relative_to(root).as_posix(), child,
+                                               "rosbag"))
+                elif "lmdb" in child.name:
                     log.info("%s: lmdb folder, skipped", child)
-                    continue
-                walk(child)
+                else:
+                    walk(child)
 
     walk(root)
     if not found:
         raise EpisodeFormatError(f"{root}: no episodes (neither episode.json folders, BridgeData "
-                                 "traj folders with images<d>, LeRobot datasets nor RLDS shards)")
+                                 "traj folders with images<d>, LeRobot datasets, RLDS shards "
+                                 "nor ROS bags)")
     return found
 
 

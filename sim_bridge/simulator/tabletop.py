@@ -393,6 +393,7 @@ def run_task(scene: Scene, task: Task, num_frames: int = 16, size: int = 128,
     scenes = _sample(_script(scene, task), num_frames)
     frames = np.stack([render(s, size) for s in scenes])
     positions = {o.name: _track(scenes, o.name, size) for o in scene.objects}
+    states = arm_states(scenes)
     return Episode(
         frames=frames, instruction=instruction or task.instruction,
         object_positions=positions, object_colors={o.name: o.rgb for o in scene.objects},
@@ -400,13 +401,20 @@ def run_task(scene: Scene, task: Task, num_frames: int = 16, size: int = 128,
         meta={"source": "tabletop", "task": dataclasses.asdict(task), "size": size,
               "num_frames": num_frames, "initial_scene": scene.to_dict(),
               "final_scene": final.to_dict()},
-        states=arm_states(scenes))
+        states=states, actions=arm_actions(states))
 
 
 def arm_states(scenes: list[Scene]) -> np.ndarray:
     """(T, 5) gripper pose per scene: x, y, z (normalised), finger opening, wrist twist (deg)."""
     return np.array([[s.gripper.x, s.gripper.y, s.gripper.z, s.gripper.opening, s.gripper.twist]
                      for s in scenes])
+
+
+def arm_actions(states: np.ndarray) -> np.ndarray:
+    """(T, 5) the gripper motion commanded at each frame, in the state's units: the change of x,
+    y, z, opening and twist until the next frame (Bridge-style delta actions); zero at the last
+    frame, where the script has ended."""
+    return np.concatenate([np.diff(states, axis=0), np.zeros((1, states.shape[1]))])
 
 
 def object_track(scene: Scene, task: Task, name: str, num_frames: int, size: int) -> np.ndarray:
