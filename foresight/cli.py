@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from foresight.config import SOLVER_NAMES
 from foresight.dtypes import DTYPE_NAMES
 from sim_bridge.common.logs import setup_logging
 from sim_bridge.common.rerun_log import episode_path, recording_to, rrd_path
@@ -24,6 +25,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def add_rerun_argument(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--rerun", type=rrd_path, default=None, metavar="FILE.rrd",
                         help=f"also write a Rerun recording of {what} (needs rerun-sdk)")
+
+
+def add_solver_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--solver", choices=SOLVER_NAMES, default=None,
+                        help="ODE solver (default: the model's); heun calls the UNet 2 * steps - 1 times")
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -52,6 +58,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         steps=args.steps,
         guidance_frame=args.guidance_frame,
         guidance_text=args.guidance_text,
+        solver=args.solver,
         seed=args.seed,
         progress=True,
     )
@@ -173,7 +180,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     )
 
     sampler = {"steps": args.steps, "i3d": args.i3d, "guidance_interval": None if args.guide_every_step else "config",
-               "guidance_frame": args.guidance_frame, "guidance_text": args.guidance_text, "figure": args.figure}
+               "guidance_frame": args.guidance_frame, "guidance_text": args.guidance_text, "solver": args.solver,
+               "figure": args.figure}
     with recording_to(args.rerun, "foresight-eval") as recording:
         if args.episodes_dir:
             variants = tuple(args.variants.split(",")) if args.variants else RECORDED_VARIANTS
@@ -231,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--guidance-frame", type=float, default=None)
     p.add_argument("--guidance-text", type=float, default=None)
+    add_solver_argument(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", choices=("auto", "tensorrt", "onnxruntime", "torch"), default="auto",
                    help="UNet runtime; auto = best usable of tensorrt > onnxruntime > torch")
@@ -284,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="apply guidance at every step, not only in the model's guidance interval")
     p.add_argument("--guidance-frame", type=float, default=None, help="s_V (default: the model's)")
     p.add_argument("--guidance-text", type=float, default=None, help="s_T (default: the model's)")
+    add_solver_argument(p)
     p.add_argument("--i3d", default=None, help="local TorchScript I3D weights for FVD and KVD (never downloaded)")
     p.add_argument("--json", default=None, help="write the full report here")
     p.add_argument("--figure", default=None,

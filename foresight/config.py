@@ -54,6 +54,10 @@ class DQFormerConfig:
         return (text_tokens + self.sentence_token) * self.use_me + self.tokens_per_frame * self.use_de
 
 
+# ODE solvers a model samples with: first-order Euler (the default), Heun and DPM-Solver++(2M)
+SOLVER_NAMES = ("euler", "heun", "dpmpp_2m")
+
+
 @dataclass(frozen=True)
 class SamplerSettings:
     """How a prediction samples, every value resolved: s_V (frame guidance), s_T (text guidance).
@@ -66,9 +70,15 @@ class SamplerSettings:
     guidance_frame: float
     guidance_text: float
     guidance_interval: tuple[float, float] | None = None  # (low, high] noise levels where guidance applies
+    solver: str = "euler"  # one of SOLVER_NAMES (foresight.diffusion.sampling.SOLVERS)
+
+    def __post_init__(self) -> None:
+        if self.solver not in SOLVER_NAMES:
+            raise ValueError(f"solver must be one of {SOLVER_NAMES}, got {self.solver!r}")
 
     def resolve(self, steps: int | None = None, guidance_frame: float | None = None, guidance_text: float | None = None,
-                guidance_interval: tuple[float, float] | None | str = "config") -> SamplerSettings:
+                guidance_interval: tuple[float, float] | None | str = "config",
+                solver: str | None = None) -> SamplerSettings:
         """These settings (a model's defaults) with each given value in place of its default.
 
         None keeps the default, except for guidance_interval, where None means "guide at every
@@ -82,6 +92,7 @@ class SamplerSettings:
             guidance_text=self.guidance_text if guidance_text is None else float(guidance_text),
             guidance_interval=self.guidance_interval if guidance_interval == "config"
             else None if guidance_interval is None else tuple(guidance_interval),
+            solver=self.solver if solver is None else solver,
         )
 
 
@@ -110,6 +121,7 @@ class AIDConfig:
     guidance_frame: float = 1.5
     guidance_text: float = 3.0
     guidance_interval: tuple[float, float] | None = None
+    solver: str = "euler"
     train_cross_attention: bool = False
     adapters: AdapterConfig | None = field(default_factory=AdapterConfig)
     dqformer: DQFormerConfig | None = field(default_factory=DQFormerConfig)
@@ -123,6 +135,8 @@ class AIDConfig:
             raise ValueError(f"guidance_interval must be (low, high) with 0 <= low < high, got {self.guidance_interval}")
         if self.height % 8 or self.width % 8:
             raise ValueError(f"height and width must be multiples of 8, got {self.height}x{self.width}")
+        if self.solver not in SOLVER_NAMES:
+            raise ValueError(f"solver must be one of {SOLVER_NAMES}, got {self.solver!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -130,7 +144,7 @@ class AIDConfig:
     @property
     def sampler(self) -> SamplerSettings:
         """The model's default sampler."""
-        return SamplerSettings(self.steps, self.guidance_frame, self.guidance_text, self.guidance_interval)
+        return SamplerSettings(self.steps, self.guidance_frame, self.guidance_text, self.guidance_interval, self.solver)
 
     @classmethod
     def from_dict(cls, data: dict) -> "AIDConfig":

@@ -213,7 +213,7 @@ def _evaluate_variants(name: str, probe: ForesightPipeline, variants: tuple[str,
 def run_eval(name: str, n: int, seed: int, variants: tuple[str, ...] = VARIANTS, steps: int | None = None,
              i3d: str | None = None,
              guidance_interval: tuple[float, float] | None | Literal["config"] = "config",
-             guidance_frame: float | None = None, guidance_text: float | None = None,
+             guidance_frame: float | None = None, guidance_text: float | None = None, solver: str | None = None,
              figure: str | Path | None = None, recording: RerunLog | None = None) -> dict:
     """Evaluate each variant on simulator seeds EVAL_SEEDS.start + seed + [0, n).
 
@@ -230,7 +230,7 @@ def run_eval(name: str, n: int, seed: int, variants: tuple[str, ...] = VARIANTS,
     seeds = range(EVAL_SEEDS.start + seed, EVAL_SEEDS.start + seed + n)
     plain = list(make_episodes(seeds, size, frames, TRAINED_KINDS))
     reworded = list(make_episodes(seeds, size, frames, TRAINED_KINDS, paraphrase=True))
-    sampler = probe.defaults.resolve(steps, guidance_frame, guidance_text, guidance_interval)
+    sampler = probe.defaults.resolve(steps, guidance_frame, guidance_text, guidance_interval, solver)
     scores = _evaluate_variants(name, probe, variants, lambda v: reworded if v == "aid-paraphrase" else plain,
                                 seed, sampler, i3d, figure, follow=True, recording=recording)
     return _report_head(name, sampler, i3d) | {"seeds": [seeds.start, seeds.stop], "variants": scores}
@@ -270,6 +270,7 @@ def run_eval_recorded(name: str, episodes_dir: str | Path, n: int, seed: int,
                       steps: int | None = None, i3d: str | None = None,
                       guidance_interval: tuple[float, float] | None | Literal["config"] = "config",
                       guidance_frame: float | None = None, guidance_text: float | None = None,
+                      solver: str | None = None,
                       figure: str | Path | None = None, recording: RerunLog | None = None) -> dict:
     """Evaluate each variant on clips of recorded episodes (any format `sim_bridge.data.readers` reads).
 
@@ -286,7 +287,7 @@ def run_eval_recorded(name: str, episodes_dir: str | Path, n: int, seed: int,
     if len(clips) < 2:
         raise ValueError(f"{episodes_dir}: {len(clips)} usable clip(s) of {probe.num_frames} frames at stride "
                          f"{stride} from {len(picked)} episodes (skipped: {skipped}); the distances need at least 2")
-    sampler = probe.defaults.resolve(steps, guidance_frame, guidance_text, guidance_interval)
+    sampler = probe.defaults.resolve(steps, guidance_frame, guidance_text, guidance_interval, solver)
     return _report_head(name, sampler, i3d) | {
         "episodes_dir": str(episodes_dir), "episodes_found": len(sources), "episodes_used": len(picked),
         "skipped": skipped, "clips": len(clips),

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from foresight.diffusion.edm import Denoiser, karras_sigmas
-from foresight.diffusion.sampling import TwoScaleGuidance, sample_euler
+from foresight.diffusion.sampling import SOLVERS, TwoScaleGuidance
 from foresight.dtypes import resolve_dtype
 from foresight.engines import Backend, OrtOptions, load_backend
 from foresight.engines.torch_backend import TorchBackend
@@ -110,6 +110,7 @@ class ForesightPipeline:
         guidance_frame: float | None = None,
         guidance_text: float | None = None,
         guidance_interval: tuple[float, float] | None | Literal["config"] = "config",
+        solver: str | None = None,
         seed: int | Sequence[int] = 0,
         decode_chunk_size: int | None = DECODE_CHUNK_SIZE,
         progress: bool = False,
@@ -120,6 +121,8 @@ class ForesightPipeline:
         instruction; any size (scaled to cover the model resolution, then centre-cropped).
         guidance_interval: (low, high) sigma range for guidance, None for every step; by default
         the model config's ("config").
+        solver: "euler" | "heun" | "dpmpp_2m" (None: the model config's); Heun calls the UNet
+        2 * steps - 1 times, the others once per step.
         seed: one int (sample m uses seed + m) or one per instruction. Noise is drawn per sample,
         so a sample does not depend on the rest of the batch beyond float rounding.
         decode_chunk_size: most frames per VAE-decoder call, in whole clips (None: all at once);
@@ -128,7 +131,7 @@ class ForesightPipeline:
         """
         start = time.perf_counter()
         num_frames = num_frames or self.num_frames
-        sampler = self.defaults.resolve(steps, guidance_frame, guidance_text, guidance_interval)
+        sampler = self.defaults.resolve(steps, guidance_frame, guidance_text, guidance_interval, solver)
         frames = self._check(frames, instructions, num_frames)
         m, k = len(instructions), self.context_frames
         seeds = [seed + i for i in range(m)] if isinstance(seed, int) else list(seed)
@@ -153,12 +156,12 @@ class ForesightPipeline:
         # 3. sample from sigma_max down to 0: float64 schedule, float32 state, the model's dtype inside
         sigmas = karras_sigmas(sampler.steps, model.sigma_min, model.sigma_max).to(model.device)
         x = (torch.stack(latent_noise) * float(sigmas[0])).to(model.device)
-        latents = sample_euler(guided, x, sigmas, disable=not progress)
+        latents = SOLVERS[sampler.solver](guided, x, sigmas, disable=not progress)
         # 4. decode the predicted frames
         frames_out = model.decode_latents(latents, self.backend.vae_decoder, decode_chunk_size)
         video = tensor_to_frames(frames_out[:, k:])
-        logger.info("predicted %d x %d frames in %.2fs (%d steps)", m, num_frames - k, time.perf_counter() - start,
-                    sampler.steps)
+        logger.info("predicted %d x %d frames in %.2fs (%d %s steps)", m, num_frames - k, time.perf_counter() - start,
+                    sampler.steps, sampler.solver)
         return video
 
     @property

@@ -61,7 +61,8 @@ def test_sigterm_drains_in_flight_work_then_exits_cleanly() -> None:
             status = wire.unpackb(control.recv())["status"]
         assert status == "draining"
         control.send(wire.packb({"method": "predict", "id": "late", "frames": frames, "instruction": "x"}))
-        assert control.poll(REPLY_MS)
+        assert control.poll(REPLY_MS), "no reply to a request sent while draining; the node's log:\n" + "".join(
+            lines.get_nowait() for _ in range(lines.qsize()))
         assert wire.unpackb(control.recv())["error"]["code"] == ErrorCode.SHUTTING_DOWN
 
         replies = []

@@ -54,7 +54,7 @@ def test_sampler_state_stays_float32_with_a_bf16_model(monkeypatch):
         seen["end"] = out.dtype
         return out
 
-    monkeypatch.setattr(pipeline_module, "sample_euler", recording)
+    monkeypatch.setitem(pipeline_module.SOLVERS, "euler", recording)
     handle = pipe.model.unet.register_forward_pre_hook(lambda module, args: seen["unet"].add(args[0].dtype))
     try:
         pipe.predict(_frames(pipe), ["push the red block to the left"], steps=2)

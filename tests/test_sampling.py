@@ -6,8 +6,14 @@ import numpy as np
 import pytest
 import torch
 
+from foresight.config import SOLVER_NAMES, AIDConfig
 from foresight.diffusion.edm import Denoiser, karras_sigmas
-from foresight.diffusion.sampling import TwoScaleGuidance, sample_euler
+from foresight.diffusion.sampling import (
+    SOLVERS,
+    TwoScaleGuidance,
+    sample_euler,
+    unet_passes,
+)
 from foresight.model_dir import LoadedModel
 from foresight.pipeline import ForesightPipeline, frames_to_tensor
 
@@ -25,6 +31,75 @@ def test_euler_on_a_gaussian_is_exact_in_the_limit():
     x = torch.randn(20000, dtype=torch.float64) * sigmas[0]
     out = sample_euler(lambda x, s: x / (1 + s**2), x, sigmas)
     assert out.std().item() == pytest.approx(1.0, abs=0.03)
+
+
+def _gaussian_errors(solver: str, steps: tuple[int, ...]) -> list[float]:
+    """Largest error of `solver` against the exact probability-flow ODE map of N(0, 0.5^2) data,
+    whose ideal denoiser is x s_d^2 / (s_d^2 + sigma^2) and whose ODE scales x_T by
+    s_d / sqrt(s_d^2 + T^2); also checks the solver makes `unet_passes` model calls."""
+    errors = []
+    x_unit = torch.randn(16, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for n in steps:
+        sigmas = karras_sigmas(n, 0.002, 80.0)
+        calls = []
+
+        def model(x, s):
+            calls.append(1)
+            return x * 0.25 / (0.25 + s[:, None] ** 2)
+
+        x = x_unit * sigmas[0]
+        out = SOLVERS[solver](model, x, sigmas)
+        assert len(calls) == unet_passes(solver, n)
+        errors.append(float((out - x * 0.5 / (0.25 + sigmas[0] ** 2) ** 0.5).abs().max()))
+    return errors
+
+
+@pytest.mark.parametrize("solver, order", [("euler", 1), ("heun", 2), ("dpmpp_2m", 2)])
+def test_solvers_converge_at_their_order(solver, order):
+    """Doubling the steps divides the error by about 2 ** order."""
+    errors = _gaussian_errors(solver, (64, 128, 256))
+    for coarse, fine in zip(errors, errors[1:]):
+        assert 2 ** order * 0.8 < coarse / fine < 2 ** order * 1.25, errors
+
+
+def test_second_order_solvers_beat_euler_at_equal_model_calls():
+    (euler,) = _gaussian_errors("euler", (63,))
+    (heun,) = _gaussian_errors("heun", (32,))  # 63 calls
+    (dpm,) = _gaussian_errors("dpmpp_2m", (63,))
+    assert heun < euler / 2 and dpm < euler / 5
+    with pytest.raises(ValueError, match="solver must be one of"):
+        unet_passes("rk4", 3)
+
+
+def test_the_pipeline_samples_with_the_solver_asked_for(tiny_model):
+    """Heun with 2 steps calls the UNet 3 times, DPM-Solver++(2M) twice; the names are the
+    config's; a model folder's default solver applies unless a request names another."""
+    assert set(SOLVERS) == set(SOLVER_NAMES)
+    pipe = ForesightPipeline(LoadedModel.of(tiny_model))
+    calls = []
+    handle = tiny_model.unet.register_forward_pre_hook(lambda module, args: calls.append(1))
+    frames = np.zeros((1, 64, 64, 3), np.uint8)
+    outs = {}
+    try:
+        for solver in SOLVER_NAMES:
+            calls.clear()
+            outs[solver] = pipe.predict(frames, ["push the red block left"], steps=2, solver=solver)
+            assert len(calls) == unet_passes(solver, 2), solver
+    finally:
+        handle.remove()
+    assert not np.array_equal(outs["euler"], outs["heun"]) and not np.array_equal(outs["euler"], outs["dpmpp_2m"])
+    config = tiny_model.config
+    tiny_model.config = replace(config, solver="heun")  # a folder whose config samples with Heun
+    try:
+        heun_default = ForesightPipeline(LoadedModel.of(tiny_model))
+        assert np.array_equal(heun_default.predict(frames, ["push the red block left"], steps=2), outs["heun"])
+    finally:
+        tiny_model.config = config
+    with pytest.raises(ValueError, match="solver must be one of"):
+        pipe.predict(frames, ["push the red block left"], steps=2, solver="rk4")
+    with pytest.raises(ValueError, match="solver must be one of"):
+        AIDConfig(solver="rk4")
+    assert AIDConfig.from_dict({k: v for k, v in AIDConfig().to_dict().items() if k != "solver"}).solver == "euler"
 
 
 def _guided(model, scale_frame, scale_text, seed=0):

@@ -223,8 +223,10 @@ class NodeServer:
                         self._worker.stop_accepting()
                         drain_until = time.monotonic() + self.config.drain_timeout_s
                     if self.pending == 0:
+                        self._receive_burst()  # what already arrived gets its SHUTTING_DOWN, not silence
                         self._flush_replies()
-                        break
+                        if self.pending == 0:
+                            break
                     if time.monotonic() > drain_until:
                         log.warning("drain timed out with %d requests pending", self.pending)
                         break
