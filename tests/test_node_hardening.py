@@ -29,7 +29,7 @@ from test_replay import Echo
 
 from bench import unread
 from foresight.node.process import SERVE_COMMAND, free_port
-from foresight.node.server import NodeServer, ServerConfig
+from foresight.node.server import TRIM_EVERY_S, NodeServer, ServerConfig
 from foresight.pipeline import load_pipeline
 
 K = 1  # tiny-random's context frames
@@ -153,6 +153,7 @@ def test_memory_is_flat_over_repeated_adversarial_rounds() -> None:
             for parts in messages:
                 reply = exchange(socket, parts)
                 assert reply["ok"] == (reply["id"] in (3, 7)), reply  # a health with ignored junk, the PNG
+            time.sleep(TRIM_EVERY_S + 1.0)  # idle: the node hands freed memory back, as it does in service
             rss.append(unread.rss_mib(proc.pid))
     finally:
         socket.close()
