@@ -20,10 +20,10 @@ $(VENV)/.installed: pyproject.toml packages/foresight-client/pyproject.toml
 demo: $(VENV)/.installed
 	$(VENV)/bin/foresight demo
 
-# Two test processes (pytest-xdist; a file's tests share one process and its fixtures): most slow
-# tests wait on a child node or a subprocess.
+# Two test processes (pytest-xdist; tests marked xdist_group share one process and its fixtures):
+# most slow tests wait on a child node or a subprocess.
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q -n 2 --dist loadgroup
 
 bench: $(VENV)/.installed
 	$(PY) -m bench

@@ -24,6 +24,8 @@ from foresight.export.validate import errors
 from foresight.model_dir import LoadedModel, build_tiny_random
 from foresight.pipeline import ForesightPipeline
 
+pytestmark = pytest.mark.xdist_group("engines")  # under pytest -n: one process builds the module's graphs once
+
 HAS_CUDA = torch.cuda.is_available()
 try:
     import tensorrt  # noqa: F401

@@ -33,6 +33,8 @@ from foresight.export.validate import errors
 
 from foresight.pipeline import load_pipeline
 
+pytestmark = pytest.mark.xdist_group("export")  # under pytest -n: one process builds the module's graphs once
+
 RTOL = 1e-4
 
 

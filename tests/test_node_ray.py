@@ -21,6 +21,7 @@ LOOPBACK = REPO.parent / "shared" / "loopback-only"
 SCENARIO_TIMEOUT_S = 600
 
 pytestmark = [
+    pytest.mark.xdist_group("ray"),  # under pytest -n: one process starts the one cluster
     pytest.mark.ray,
     pytest.mark.slow,
     pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed (pip install 'foresight[ray]')"),
