@@ -67,8 +67,9 @@ def measure(endpoint: str, rounds: int = 3, requests: int = 400, instructions: i
         start = rss_mib(pid)
         after = []
         for round_ in range(rounds):
+            served = watcher.health()["served"]
             client = _send_unread(endpoint, request, requests)
-            _wait_idle(watcher)
+            _wait_answered(watcher, served, requests)
             client.close(linger=0)
             time.sleep(SETTLE_S)
             after.append(rss_mib(pid))
@@ -89,11 +90,20 @@ def _send_unread(endpoint: str, request: dict, count: int) -> zmq.Socket:
     return socket
 
 
-def _wait_idle(watcher: ForesightClient) -> None:
+def _wait_answered(watcher: ForesightClient, served: int, count: int) -> None:
+    """Until the node has answered (or dropped the answers to) `count` requests beyond `served`
+    (its health count before they were sent) and holds no work. Waiting for "no work" alone could
+    end before the requests have even left this process on a busy machine."""
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
-    while watcher.health()["pending"] > 0:
+    probes = 0
+    while True:
+        health = watcher.health()
+        probes += 1  # every health reply is counted too: the one that read `served` and each since
+        if health["served"] - served - probes >= count and health["pending"] == 0:
+            return
         if time.monotonic() > deadline:
-            raise TimeoutError(f"the node still had work after {DRAIN_TIMEOUT_S:.0f} s")
+            raise TimeoutError(f"the node answered {health['served'] - served - probes} of {count} requests "
+                               f"in {DRAIN_TIMEOUT_S:.0f} s")
         time.sleep(0.2)
 
 
