@@ -35,12 +35,7 @@ def add_solver_argument(parser: argparse.ArgumentParser) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     from foresight.dtypes import dtype_name
     from foresight.pipeline import load_pipeline
-    from sim_bridge.common.imaging import (
-        contact_sheet,
-        read_image,
-        write_gif,
-        write_png,
-    )
+    from sim_bridge.common.imaging import contact_sheet, fit_frames, read_image, write_gif, write_png
 
     pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, backend=args.backend, engines=args.engines,
                          compile=args.compile)
@@ -63,8 +58,6 @@ def cmd_predict(args: argparse.Namespace) -> None:
         progress=True,
     )
     elapsed = time.perf_counter() - start
-    from sim_bridge.common.imaging import fit_frames
-
     shown = fit_frames(context, pipe.height, pipe.width)
     rows = [np.concatenate([shown, v]) for v in video]
     out = Path(args.out)

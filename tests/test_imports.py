@@ -154,7 +154,8 @@ def test_every_package_folder_is_installed():
     listed = set(config["packages"])
     found = {module for module, path in project_modules().items()
              if path.name == "__init__.py" and not module.startswith("foresight_client")}
-    assert found == listed, f"pyproject lacks {sorted(found - listed)}, lists {sorted(listed - found)}"
+    data = {"foresight.weights", "foresight.weights.tiny", "foresight.training.presets"}  # files, no code
+    assert found | data == listed, f"pyproject lacks {sorted(found - listed)}, lists {sorted(listed - found - data)}"
     assert config["package-dir"] == {"foresight.engines": "engines", "foresight.export": "export"}
 
 
