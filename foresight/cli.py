@@ -153,18 +153,22 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_states(args: argparse.Namespace) -> None:
-    from foresight.states import VLMDecomposer, build_states_cache
+    from foresight.states import VLMDecomposer, build_states_cache, make_decomposer
     from sim_bridge.data.readers import read_episodes
 
     vlm = VLMDecomposer(args.vlm, args.num_states, device=args.device)
+    fallback = None if args.unparsed == "fail" else make_decomposer(args.unparsed, args.num_states)
     pairs = ((ep.instruction, ep.frames[0]) for _, ep in read_episodes(args.episodes, args.camera))
-    added = build_states_cache(pairs, vlm, args.out)
-    print(f"added {added} instructions to {args.out}")
+    added, fell_back = build_states_cache(pairs, vlm, args.out, fallback)
+    print(f"added {added} instructions to {args.out}"
+          + (f" ({fell_back} answered without numbered states: {args.unparsed} states used, see the log)"
+             if fell_back else ""))
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from foresight.evaluation import (
         RECORDED_VARIANTS,
+        REWORD_VARIANTS,
         VARIANTS,
         format_table,
         run_eval,
@@ -174,7 +178,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     sampler = {"steps": args.steps, "i3d": args.i3d, "guidance_interval": None if args.guide_every_step else "config",
                "guidance_frame": args.guidance_frame, "guidance_text": args.guidance_text, "solver": args.solver,
-               "figure": args.figure}
+               "figure": args.figure, "device": args.device, "dtype": args.dtype}
     with recording_to(args.rerun, "foresight-eval") as recording:
         if args.episodes_dir:
             variants = tuple(args.variants.split(",")) if args.variants else RECORDED_VARIANTS
@@ -185,6 +189,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
                   f"(skipped: {report['skipped']})")
         else:
             variants = tuple(args.variants.split(",")) if args.variants else VARIANTS
+            variants += REWORD_VARIANTS if args.rewording else ()
             report = run_eval(args.model, args.episodes, args.seed, variants, recording=recording, **sampler)
     print(format_table(report))
     print(report["distance_note"])
@@ -266,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-states", type=int, default=4)
     p.add_argument("--camera", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--unparsed", choices=("template", "none", "fail"), default="template",
+                   help="an answer without numbered states: take template (or empty) states for that "
+                        "instruction, with a warning, or stop")
     p.set_defaults(func=cmd_states)
 
     p = sub.add_parser("eval", help="instruction following, PSNR/SSIM and video distances on held-out simulator "
@@ -280,13 +288,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0,
                    help="offset into the evaluation seeds (disjoint from training) and the sampling seeds")
     p.add_argument("--variants", default=None, help="comma-separated subset of: aid,aid-paraphrase,base,no-states,"
-                   "no-adapters,no-de (recorded episodes: all but aid-paraphrase)")
+                   "no-adapters,no-de (recorded episodes: all but aid-paraphrase), reword-colour, reword-noun, "
+                   "reword-verb, reword-relation, reword-direction, reword-all")
+    p.add_argument("--rewording", action="store_true",
+                   help="add the rewording report: each kind of word (colour, noun, verb, relation, direction, all) "
+                        "swapped for held-out words of the same meaning")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--guide-every-step", action="store_true",
                    help="apply guidance at every step, not only in the model's guidance interval")
     p.add_argument("--guidance-frame", type=float, default=None, help="s_V (default: the model's)")
     p.add_argument("--guidance-text", type=float, default=None, help="s_T (default: the model's)")
     add_solver_argument(p)
+    p.add_argument("--device", default="cpu", help="torch device of the model, e.g. cuda")
+    p.add_argument("--dtype", choices=DTYPE_NAMES, default="fp32",
+                   help="what the model computes in (bf16 halves a real SVD's memory; the sampler stays fp32)")
     p.add_argument("--i3d", default=None, help="local TorchScript I3D weights for FVD and KVD (never downloaded)")
     p.add_argument("--json", default=None, help="write the full report here")
     p.add_argument("--figure", default=None,

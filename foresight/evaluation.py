@@ -27,6 +27,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from foresight.config import SamplerSettings
+from foresight.dtypes import resolve_dtype
 from foresight.model_dir import load_model
 from foresight.pipeline import ForesightPipeline
 from foresight.states import make_decomposer
@@ -39,6 +40,8 @@ from sim_bridge.data.readers import EpisodeSource, find_episodes
 from sim_bridge.simulator.scoring import accepted_tracks, follow_error, follow_tolerance
 from sim_bridge.simulator.tabletop import make_episodes
 from sim_bridge.simulator.tasks import EVAL_SEEDS, TRAINED_KINDS
+from sim_bridge.simulator.vocabulary import KINDS as WORD_KINDS
+from sim_bridge.simulator.vocabulary import reword
 
 logger = logging.getLogger(__name__)
 
@@ -53,15 +56,37 @@ VARIANT_KNOCKOUTS = {
     "no-adapters": ("adapters",),
     "no-de": ("de",),
 }
-VARIANTS = tuple(VARIANT_KNOCKOUTS)
+VARIANTS = tuple(VARIANT_KNOCKOUTS)  # the default report
+# The rewording report: the full model on the same episodes with one kind of word (or all kinds)
+# swapped for held-out words of the same meaning (`sim_bridge.simulator.vocabulary`), scored on
+# the episodes whose instruction the swap changed.
+REWORD_VARIANTS = tuple(f"reword-{kind}" for kind in (*WORD_KINDS, "all"))
+VARIANT_KNOCKOUTS |= {variant: () for variant in REWORD_VARIANTS}
 RECORDED_VARIANTS = tuple(v for v in VARIANTS if v != "aid-paraphrase")  # rewording needs the simulator
 
 
-def variant_pipeline(name: str, variant: str) -> ForesightPipeline:
-    """A pipeline for one table row, loaded without that row's knocked-out parts."""
+def reworded_episodes(episodes: list[Episode], variant: str) -> list[Episode]:
+    """The episodes whose instruction a `reword-<kind>` variant's held-out swap changes, reworded
+    (seeded by each episode's seed and the kind, so every model sees the same sentences)."""
+    kind = variant.removeprefix("reword-")
+    kinds = WORD_KINDS if kind == "all" else (kind,)
+    out = []
+    for episode in episodes:
+        rng = np.random.default_rng([episode.meta["seed"], REWORD_VARIANTS.index(variant)])
+        text = reword(episode.instruction, rng, "held_out", kinds, 1.0, episode.object_colors)
+        if text != episode.instruction.strip().lower():
+            out.append(replace(episode, instruction=text))
+    return out
+
+
+def variant_pipeline(name: str, variant: str, device: str = "cpu", dtype: str = "fp32") -> ForesightPipeline:
+    """A pipeline for one table row, loaded without that row's knocked-out parts, computing in
+    `dtype` ("fp32" | "bf16" | "fp16") on `device`."""
     if variant not in VARIANT_KNOCKOUTS:
-        raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
-    loaded = load_model(name, knockouts=VARIANT_KNOCKOUTS[variant])
+        raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS + REWORD_VARIANTS}")
+    torch_dtype = resolve_dtype(dtype)
+    loaded = load_model(name, dtype=torch_dtype, knockouts=VARIANT_KNOCKOUTS[variant])
+    loaded.model.to(device=device, dtype=torch_dtype)
     if variant == "no-states":  # the states the model was trained with, knocked out at inference
         loaded = replace(loaded, states=make_decomposer("none", loaded.model.config.num_states))
     return ForesightPipeline(loaded)
@@ -99,10 +124,14 @@ def clip_scores(episodes: list[Episode], preds: np.ndarray, context_frames: int,
     truth = np.stack([ep.frames[k:] for ep in episodes])
     full_pred = np.concatenate([np.stack([ep.frames[:k] for ep in episodes]), preds], axis=1)
     full_truth = np.stack([ep.frames for ep in episodes])
+    if len(episodes) >= 2:
+        distances = video_distances(full_pred, full_truth, i3d)
+    else:  # a distance between distributions needs two clips on each side
+        distances = dict.fromkeys(["fd_stats"] + ([] if i3d is None else ["fvd_i3d", "kvd_i3d"]), float("nan"))
     return {
         "psnr": float(np.mean([psnr(p, t) for p, t in zip(preds, truth)])),
         "ssim": float(np.mean([ssim(p, t) for p, t in zip(preds, truth)])),
-        **video_distances(full_pred, full_truth, i3d),
+        **distances,
     }
 
 
@@ -185,15 +214,16 @@ def _check_variants(variants: tuple[str, ...], allowed: tuple[str, ...]) -> None
         raise ValueError(f"variants must be a non-empty subset of {allowed}, got {list(variants)}")
 
 
-def _report_head(name: str, sampler: SamplerSettings, i3d: str | None) -> dict:
-    """What every report states first: the model, the sampler as resolved, and which distances it holds."""
-    return {"model": name, **asdict(sampler), "distance_note": distance_note(i3d)}
+def _report_head(name: str, sampler: SamplerSettings, i3d: str | None, dtype: str) -> dict:
+    """What every report states first: the model, its dtype, the sampler as resolved, and which
+    distances it holds."""
+    return {"model": name, "dtype": dtype, **asdict(sampler), "distance_note": distance_note(i3d)}
 
 
 def _evaluate_variants(name: str, probe: ForesightPipeline, variants: tuple[str, ...],
                        episodes_of: Callable[[str], list[Episode]], seed: int, sampler: SamplerSettings,
                        i3d: str | None, figure: str | Path | None, follow: bool,
-                       recording: RerunLog | None = None) -> dict:
+                       recording: RerunLog | None = None, device: str = "cpu", dtype: str = "fp32") -> dict:
     """Each variant's scores on `episodes_of(variant)`; `probe` is the full model's pipeline, the
     others load without their knocked-out parts; the figure shows the first variant. The variants'
     episodes differ only in their words, so a recording gets their frames once."""
@@ -202,8 +232,13 @@ def _evaluate_variants(name: str, probe: ForesightPipeline, variants: tuple[str,
     scores = {}
     for variant in variants:
         episodes = episodes_of(variant)
+        if not episodes:
+            logger.info("%s: no episode to evaluate (no instruction has a word of that kind)", variant)
+            scores[variant] = {"episodes": 0}
+            continue
         logger.info("evaluating %s on %d %s", variant, len(episodes), "episodes" if follow else "recorded clips")
-        pipe = probe if variant == "aid" else variant_pipeline(name, variant)
+        same_model = variant in ("aid", "aid-paraphrase", *REWORD_VARIANTS)  # other words, the same model
+        pipe = probe if same_model else variant_pipeline(name, variant, device, dtype)
         scores[variant] = evaluate_variant(pipe, episodes, seed, sampler, i3d=i3d, follow=follow,
                                            figure=figure if variant == variants[0] else None,
                                            recording=recording, variant=variant)
@@ -214,7 +249,8 @@ def run_eval(name: str, n: int, seed: int, variants: tuple[str, ...] = VARIANTS,
              i3d: str | None = None,
              guidance_interval: tuple[float, float] | None | Literal["config"] = "config",
              guidance_frame: float | None = None, guidance_text: float | None = None, solver: str | None = None,
-             figure: str | Path | None = None, recording: RerunLog | None = None) -> dict:
+             figure: str | Path | None = None, recording: RerunLog | None = None,
+             device: str = "cpu", dtype: str = "fp32") -> dict:
     """Evaluate each variant on simulator seeds EVAL_SEEDS.start + seed + [0, n).
 
     steps, guidance_*: the sampler, as in `ForesightPipeline.predict` (None: the model's defaults;
@@ -224,16 +260,22 @@ def run_eval(name: str, n: int, seed: int, variants: tuple[str, ...] = VARIANTS,
     """
     if n < 2:
         raise ValueError(f"evaluation needs at least 2 episodes (the Frechet distance compares distributions), got {n}")
-    _check_variants(variants, VARIANTS)
-    probe = variant_pipeline(name, "aid")
+    _check_variants(variants, VARIANTS + REWORD_VARIANTS)
+    probe = variant_pipeline(name, "aid", device, dtype)
     size, frames = probe.height, probe.num_frames
     seeds = range(EVAL_SEEDS.start + seed, EVAL_SEEDS.start + seed + n)
     plain = list(make_episodes(seeds, size, frames, TRAINED_KINDS))
-    reworded = list(make_episodes(seeds, size, frames, TRAINED_KINDS, paraphrase=True))
+    paraphrased = list(make_episodes(seeds, size, frames, TRAINED_KINDS, paraphrase=True))
+
+    def episodes_of(variant: str) -> list[Episode]:
+        if variant == "aid-paraphrase":
+            return paraphrased
+        return reworded_episodes(plain, variant) if variant in REWORD_VARIANTS else plain
+
     sampler = probe.defaults.resolve(steps, guidance_frame, guidance_text, guidance_interval, solver)
-    scores = _evaluate_variants(name, probe, variants, lambda v: reworded if v == "aid-paraphrase" else plain,
-                                seed, sampler, i3d, figure, follow=True, recording=recording)
-    return _report_head(name, sampler, i3d) | {"seeds": [seeds.start, seeds.stop], "variants": scores}
+    scores = _evaluate_variants(name, probe, variants, episodes_of, seed, sampler, i3d, figure, follow=True,
+                                recording=recording, device=device, dtype=dtype)
+    return _report_head(name, sampler, i3d, dtype) | {"seeds": [seeds.start, seeds.stop], "variants": scores}
 
 
 def recorded_clips(sources: list[EpisodeSource], num_frames: int, height: int, width: int, stride: int = 1,
@@ -271,7 +313,8 @@ def run_eval_recorded(name: str, episodes_dir: str | Path, n: int, seed: int,
                       guidance_interval: tuple[float, float] | None | Literal["config"] = "config",
                       guidance_frame: float | None = None, guidance_text: float | None = None,
                       solver: str | None = None,
-                      figure: str | Path | None = None, recording: RerunLog | None = None) -> dict:
+                      figure: str | Path | None = None, recording: RerunLog | None = None,
+             device: str = "cpu", dtype: str = "fp32") -> dict:
     """Evaluate each variant on clips of recorded episodes (any format `sim_bridge.data.readers` reads).
 
     n episodes are taken evenly from the sorted episodes under `episodes_dir` (all when there are
@@ -282,32 +325,38 @@ def run_eval_recorded(name: str, episodes_dir: str | Path, n: int, seed: int,
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     picked = [sources[i] for i in sorted({int(i) for i in np.linspace(0, len(sources) - 1, min(n, len(sources)))})]
-    probe = variant_pipeline(name, "aid")
+    probe = variant_pipeline(name, "aid", device, dtype)
     clips, skipped = recorded_clips(picked, probe.num_frames, probe.height, probe.width, stride, per_episode)
     if len(clips) < 2:
         raise ValueError(f"{episodes_dir}: {len(clips)} usable clip(s) of {probe.num_frames} frames at stride "
                          f"{stride} from {len(picked)} episodes (skipped: {skipped}); the distances need at least 2")
     sampler = probe.defaults.resolve(steps, guidance_frame, guidance_text, guidance_interval, solver)
-    return _report_head(name, sampler, i3d) | {
+    return _report_head(name, sampler, i3d, dtype) | {
         "episodes_dir": str(episodes_dir), "episodes_found": len(sources), "episodes_used": len(picked),
         "skipped": skipped, "clips": len(clips),
         "clip": {"num_frames": probe.num_frames, "context_frames": probe.context_frames, "stride": stride,
                  "per_episode": per_episode, "height": probe.height, "width": probe.width},
         "variants": _evaluate_variants(name, probe, variants, lambda v: clips, seed, sampler, i3d, figure,
-                                       follow=False, recording=recording),
+                                       follow=False, recording=recording, device=device, dtype=dtype),
     }
 
 
 def format_table(report: dict) -> str:
     """A markdown table, one row per variant, like the paper's ablation table; instruction following
     for simulator episodes, FVD and KVD when an I3D was given, the stand-in distance otherwise."""
-    first = next(iter(report["variants"].values()))
+    first = next(r for r in report["variants"].values() if r.get("episodes", r.get("clips")))
     follow = "follow_rate" in first
     distances = ["fvd_i3d", "kvd_i3d"] if "fvd_i3d" in first else ["fd_stats"]
-    head = (["follow rate", "median error (px)"] if follow else ["clips"]) + ["PSNR", "SSIM"] + distances
+    counts = len({r.get("episodes") for r in report["variants"].values()}) > 1  # rewording rows
+    head = ((["episodes"] if counts else []) + ["follow rate", "median error (px)"] if follow else ["clips"])
+    head += ["PSNR", "SSIM"] + distances
     rows = []
     for name, r in report["variants"].items():
-        cells = ([f"{100 * r['follow_rate']:.1f}%", f"{r['follow_median_error_px']:.1f}"] if follow
+        if not r.get("episodes", r.get("clips")):
+            rows.append([name, *([0] if counts else []), *["-"] * (len(head) - counts)])
+            continue
+        cells = ((([r["episodes"]] if counts else []) + [f"{100 * r['follow_rate']:.1f}%",
+                                                         f"{r['follow_median_error_px']:.1f}"]) if follow
                  else [r["clips"]])
         rows.append([name, *cells, f"{r['psnr']:.2f}", f"{r['ssim']:.3f}", *(f"{r[k]:.3f}" for k in distances)])
     return markdown_table(["variant", *head], rows)

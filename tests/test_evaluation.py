@@ -11,9 +11,11 @@ from test_bridge_raw import write_trajectory
 
 from foresight.cli import main
 from foresight.evaluation import (
+    REWORD_VARIANTS,
     format_table,
     predictions_figure,
     recorded_clips,
+    reworded_episodes,
     run_eval,
     run_eval_recorded,
     variant_pipeline,
@@ -23,8 +25,8 @@ from foresight.pipeline import ForesightPipeline
 from sim_bridge.common.imaging import read_image
 from sim_bridge.data.episode_io import write_episode
 from sim_bridge.data.readers import find_episodes
-from sim_bridge.simulator.tabletop import make_episode
-from sim_bridge.simulator.tasks import EVAL_SEEDS
+from sim_bridge.simulator.tabletop import make_episode, make_episodes
+from sim_bridge.simulator.tasks import EVAL_SEEDS, TRAINED_KINDS
 
 
 def test_eval_report_has_every_variant(tmp_path):
@@ -48,6 +50,23 @@ def test_eval_cli_writes_json_and_figure(tmp_path, capsys):
     figure = read_image(tmp_path / "fig" / "pred.png")
     # 2 rows of 64 px + a 2 px gap; 8 frames (context + 7 predicted), the 8 px bar, the final frame; scaled 2x
     assert figure.shape == (2 * (2 * 64 + 2), 2 * (8 * 66 - 2 + 8 + 64), 3)
+
+
+def test_eval_cli_rewording_report_scores_only_the_reworded_episodes(tmp_path, capsys):
+    main(["eval", "--model", "tiny-random", "--episodes", "6", "--variants", "aid", "--rewording", "--steps", "1",
+          "--json", str(tmp_path / "r.json")])
+    report = json.loads((tmp_path / "r.json").read_text())["variants"]
+    assert list(report) == ["aid", *REWORD_VARIANTS]
+    assert report["aid"]["episodes"] == 6 and report["reword-colour"]["episodes"] == 6  # every task names a colour
+    assert 0 < report["reword-relation"]["episodes"] < 6  # only "put on" and "next to" name a relation
+    table = capsys.readouterr().out
+    assert "| variant | episodes | follow rate |" in table and "| reword-all | 6 |" in table
+    plain = list(make_episodes(range(EVAL_SEEDS.start, EVAL_SEEDS.start + 6), 32, 4, TRAINED_KINDS))
+    verbs = reworded_episodes(plain, "reword-verb")
+    assert verbs == reworded_episodes(plain, "reword-verb")  # the same sentences for every model
+    assert all(v.instruction != p.instruction for v, p in zip(verbs, plain) if v.meta["seed"] == p.meta["seed"])
+    with pytest.raises(ValueError, match="variants"):
+        run_eval("tiny-random", n=2, seed=0, variants=("reword-adverb",))
 
 
 def test_predictions_figure_puts_the_recorded_final_frame_after_a_white_bar():

@@ -104,7 +104,7 @@ class ClipStream(torch.utils.data.IterableDataset):
         video = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1
         instruction = episode.instruction
         if self.reword and rng.random() < self.reword:  # no draw at 0, so older runs replay unchanged
-            instruction = reword(instruction, rng)
+            instruction = reword(instruction, rng, colours=episode.object_colors)
         return video, instruction, self.decomposer(instruction, frames[0])
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, str, list[str]]]:
