@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml packages/foresight-client/pyproject.toml
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e packages/foresight-client
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
-	$(PY) -m pip install -q --no-deps openpi-client
+	$(PY) -m pip install -q --no-deps openpi-client "open-clip-torch>=2.20"  # the latter for CLIP's BPE file (bench.real_scale)
 	touch $@
 
 .PHONY: demo test bench

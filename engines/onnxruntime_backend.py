@@ -151,16 +151,19 @@ class OnnxRuntimeBackend:
         self.device = torch.device(device)
         self.options = options
         self.num_frames = num_frames
-        cache_dir = Path(files["unet"]).parent / "ort_trt_cache"
+        cache_dir = Path(next(iter(files.values()))).parent / "ort_trt_cache"
         # None: the pool an earlier backend of this process made, of a size ONNX Runtime does not report
         self.intra_op_threads = make_process_pool(options.intra_op_threads)
 
-        def graph(name: str) -> _Graph:
-            return _Graph(Path(files[name]), self.device, options, cache_dir)
-
-        self._unet, self._vae_decoder = graph("unet"), graph("vae_decoder")
-        self._dqformer = graph("dqformer") if "dqformer" in files else None
+        # any subset of the graphs: the exporter checks them one session at a time
+        self._graphs = {name: _Graph(Path(path), self.device, options, cache_dir) for name, path in files.items()}
         self.files = {k: str(v) for k, v in files.items()}
+
+    def _graph(self, name: str) -> _Graph:
+        if name not in self._graphs:
+            what = "a text-free model" if name == "dqformer" else f"loaded with {sorted(self._graphs)}"
+            raise RuntimeError(f"this backend has no {name} graph ({what})")
+        return self._graphs[name]
 
     def unet(
         self,
@@ -169,33 +172,35 @@ class OnnxRuntimeBackend:
         encoder_hidden_states: torch.Tensor,
         added_time_ids: torch.Tensor,
     ) -> torch.Tensor:
-        out_channels = self._unet.output_dims[2]
+        unet = self._graph("unet")
+        out_channels = unet.output_dims[2]
         shape = (*sample.shape[:2], out_channels, *sample.shape[3:])
         timestep = timestep.reshape(-1).expand(sample.shape[0])
         tensors = dict(
             sample=sample, timestep=timestep, encoder_hidden_states=encoder_hidden_states, added_time_ids=added_time_ids
         )
-        return self._unet(tensors, shape, sample.dtype).to(sample.device)
+        return unet(tensors, shape, sample.dtype).to(sample.device)
 
     def vae_decoder(self, latents: torch.Tensor) -> torch.Tensor:
         b, f, _, h, w = latents.shape
-        channels, factor = self._vae_decoder.output_dims[2], self._vae_decoder.output_dims[3] // h
+        decoder = self._graph("vae_decoder")
+        channels, factor = decoder.output_dims[2], decoder.output_dims[3] // h
         shape = (b, f, channels, h * factor, w * factor)
-        return self._vae_decoder(dict(latents=latents), shape, latents.dtype).to(latents.device)
+        return decoder(dict(latents=latents), shape, latents.dtype).to(latents.device)
 
     def dqformer(self, t1, t1_mask, t2, t2_mask, v, num_frames: int | None = None) -> torch.Tensor:
-        if self._dqformer is None:
-            raise RuntimeError("this engine folder has no DQFormer graph (a text-free model)")
+        dqformer = self._graph("dqformer")
         batch = t1.shape[0]
-        shape = (batch * self.num_frames, *self._dqformer.output_dims[1:])
-        out = self._dqformer(dict(t1=t1, t1_mask=t1_mask, t2=t2, t2_mask=t2_mask, v=v), shape, t1.dtype)
+        shape = (batch * self.num_frames, *dqformer.output_dims[1:])
+        out = dqformer(dict(t1=t1, t1_mask=t1_mask, t2=t2, t2_mask=t2_mask, v=v), shape, t1.dtype)
         return first_frames(out.to(t1.device), batch, num_frames)
 
     def describe(self) -> dict:
+        first = next(iter(self._graphs.values()))
         return {
-            "providers": self._unet.session.get_providers(),
+            "providers": first.session.get_providers(),
             "files": self.files,
-            "io_dtypes": {name: str(dtype.__name__) for name, dtype in self._unet.inputs.items()},
+            "io_dtypes": {name: str(dtype.__name__) for name, dtype in first.inputs.items()},
             "intra_op_threads": self.intra_op_threads,
             "optimization": self.options.optimization,
         }

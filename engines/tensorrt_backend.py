@@ -121,11 +121,17 @@ class TensorRTBackend:
         if self.device.type != "cuda":
             raise ValueError(f"TensorRT engines run on a CUDA device, got {self.device}")
         self.num_frames = num_frames
-        self._unet = _Engine(Path(files["unet"]), self.device, cuda_graph)
-        self._vae_decoder = _Engine(Path(files["vae_decoder"]), self.device, cuda_graph=False)
-        self._dqformer = _Engine(Path(files["dqformer"]), self.device, cuda_graph) if "dqformer" in files else None
+        # any subset of the engines: the exporter checks them one at a time
+        self._engines = {name: _Engine(Path(path), self.device, cuda_graph and name != "vae_decoder")
+                         for name, path in files.items()}
         self.files = {k: str(v) for k, v in files.items()}
         self.cuda_graph = cuda_graph
+
+    def _engine(self, name: str) -> _Engine:
+        if name not in self._engines:
+            what = "a text-free model" if name == "dqformer" else f"loaded with {sorted(self._engines)}"
+            raise RuntimeError(f"this backend has no {name} engine ({what})")
+        return self._engines[name]
 
     def unet(
         self,
@@ -138,15 +144,13 @@ class TensorRTBackend:
         tensors = dict(
             sample=sample, timestep=timestep, encoder_hidden_states=encoder_hidden_states, added_time_ids=added_time_ids
         )
-        return self._unet(tensors).to(sample.dtype)
+        return self._engine("unet")(tensors).to(sample.dtype)
 
     def vae_decoder(self, latents: torch.Tensor) -> torch.Tensor:
-        return self._vae_decoder(dict(latents=latents)).to(latents.dtype)
+        return self._engine("vae_decoder")(dict(latents=latents)).to(latents.dtype)
 
     def dqformer(self, t1, t1_mask, t2, t2_mask, v, num_frames: int | None = None) -> torch.Tensor:
-        if self._dqformer is None:
-            raise RuntimeError("this engine folder has no DQFormer engine (a text-free model)")
-        out = self._dqformer(dict(t1=t1, t1_mask=t1_mask, t2=t2, t2_mask=t2_mask, v=v)).to(t1.dtype)
+        out = self._engine("dqformer")(dict(t1=t1, t1_mask=t1_mask, t2=t2, t2_mask=t2_mask, v=v)).to(t1.dtype)
         return first_frames(out, t1.shape[0], num_frames)
 
     def describe(self) -> dict:
@@ -156,6 +160,7 @@ class TensorRTBackend:
             "tensorrt": trt.__version__,
             "gpu": torch.cuda.get_device_name(self.device),
             "files": self.files,
-            "io_dtypes": {n: str(d).removeprefix("torch.") for n, d in self._unet.inputs.items()},
+            "io_dtypes": {n: str(d).removeprefix("torch.")
+                          for n, d in next(iter(self._engines.values())).inputs.items()},
             "cuda_graph": self.cuda_graph,
         }

@@ -3,10 +3,13 @@
     python -m foresight.export.build_engines --model tiny-random --out engines/tiny-random
     python -m foresight.export.build_engines --model /models/aid --out /models/aid/engines --precision fp16 --max-batch 4
 
-Stages: load the model -> export ONNX graphs (dynamic batch and frames) -> check each graph with
-ONNX Runtime against PyTorch on fresh random inputs -> build TensorRT engines (strongly typed,
+Stages: load the model -> export ONNX graphs (dynamic batch and frames) -> the PyTorch model's
+outputs on fresh random inputs, kept on the host, then the model is freed -> check each graph in
+its own ONNX Runtime session against them, one at a time -> build TensorRT engines (strongly typed,
 one optimization profile for batch 1..3*max_batch: the three guidance branches are batched) and
-check each against ONNX Runtime -> write manifest.json. Without TensorRT or a CUDA GPU the build
+check each the same way -> write manifest.json. Each stage logs its wall time and the peak RSS.
+At full size (a 1.5 B-parameter UNet) the fp32 model, ONNX Runtime's copy of the UNet graph and
+the check's activations never sit in memory together. Without TensorRT or a CUDA GPU the build
 stage is skipped with the reason, and the ONNX graphs are the engines. Only graphs that passed
 their check are marked usable in the manifest; the loader (foresight.engines.select) uses nothing else.
 
@@ -28,8 +31,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import logging
+import resource
 import secrets
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -55,7 +61,7 @@ from foresight.export.onnx_export import (
     graph_shapes,
 )
 from foresight.export.tensorrt_build import Profile, build_engine
-from foresight.export.validate import compare
+from foresight.export.validate import Case, Runner, check, reference_cases
 from torch import nn
 
 from sim_bridge.common.logs import setup_logging
@@ -130,14 +136,28 @@ def _profiles(shapes: GraphShapes, frames: tuple[int, int], max_batch: int) -> d
     }
 
 
-def graph_runners(backend, reference=None):
-    """graph -> callable(inputs dict) for a backend, or for the PyTorch model when reference is a model."""
-    if reference is not None:
-        dq = DQFormerGraph(reference.dqformer) if reference.dqformer is not None else None
-        return {"unet": lambda x: reference.unet(**x), "vae_decoder": lambda x: reference.vae_decode(**x),
-                "dqformer": lambda x: dq(**x)}
+def reference_runners(reference: nn.Module) -> dict[str, Runner]:
+    """graph -> callable(inputs dict) running that part of the PyTorch model."""
+    dq = DQFormerGraph(reference.dqformer) if reference.dqformer is not None else None
+    return {"unet": lambda x: reference.unet(**x), "vae_decoder": lambda x: reference.vae_decode(**x),
+            "dqformer": lambda x: dq(**x)}
+
+
+def backend_runner(backend, graph: str) -> Runner:
+    """A runtime backend's callable for one graph."""
     return {"unet": lambda x: backend.unet(**x), "vae_decoder": lambda x: backend.vae_decoder(**x),
-            "dqformer": lambda x: backend.dqformer(**x)}
+            "dqformer": lambda x: backend.dqformer(**x)}[graph]
+
+
+def check_shapes(config: BuildConfig, plan: Plan, num_frames: int) -> dict[str, list[tuple[int, int]]]:
+    """(batch, frames) per checked call: the fewest and most frames, one call and a batch. The UNet
+    is proven at batch 2 on a CPU (dynamic batch shown without loading the machine); on a GPU also
+    at the top of the engines' profile, 3 x max_batch."""
+    fewest, most = plan.frames
+    big = 3 * config.max_batch
+    unet = [(1, fewest), (2, most)] + ([(big, most)] if plan.device.type == "cuda" and big > 2 else [])
+    return {"unet": unet, "vae_decoder": [(1, fewest), (config.max_batch, most)],
+            "dqformer": [(1, num_frames), (big, num_frames)]}
 
 
 def _report(graph: str, kind: str, check: dict) -> None:
@@ -206,39 +226,49 @@ def export_onnx(config: BuildConfig, plan: Plan, reference: nn.Module) -> dict[s
     return files
 
 
-def check_onnx(config: BuildConfig, plan: Plan, reference: nn.Module, onnx_files: dict[str, list[Path]]):
-    """Stage 3: each graph under ONNX Runtime against PyTorch -> (manifest entries per graph, ORT runners)."""
+def references(config: BuildConfig, plan: Plan, reference: nn.Module) -> tuple[dict[str, list[Case]], dict[str, str]]:
+    """Stage 3: the PyTorch model's outputs for every checked call, kept on the host, and the
+    weights' sha256 per graph: all that later stages need of the model, which can then be freed."""
+    cases = check_shapes(config, plan, reference.config.num_frames)
+    run = reference_runners(reference)
+    outputs, sources = {}, {}
+    for graph, module in graph_modules(reference).items():
+        outputs[graph] = reference_cases(run[graph], graph, plan.shapes, cases[graph], plan.device, plan.seed)
+        sources[graph] = weights_sha256(module, plan.precisions[graph])
+    return outputs, sources
+
+
+def check_onnx(config: BuildConfig, plan: Plan, num_frames: int, onnx_files: dict[str, list[Path]],
+               outputs: dict[str, list[Case]], sources: dict[str, str]) -> dict[str, dict]:
+    """Stage 4: each graph in its own ONNX Runtime session against the PyTorch outputs, one session
+    at a time -> manifest entries per graph."""
     missing = onnxruntime_backend.missing_reason()
     if missing:
         raise RuntimeError(f"cannot check the ONNX graphs: {missing}")
     import onnxruntime
 
-    cfg, frames = reference.config, plan.frames
     ort_device = plan.device if "CUDAExecutionProvider" in onnxruntime.get_available_providers() else torch.device("cpu")
-    ort_backend = OnnxRuntimeBackend({g: f[0] for g, f in onnx_files.items()}, cfg.num_frames, ort_device)
-    big = 3 * config.max_batch
-    cases = {"unet": [(1, frames[0]), (big, frames[1])], "vae_decoder": [(1, frames[0]), (config.max_batch, frames[1])],
-             "dqformer": [(1, cfg.num_frames), (big, cfg.num_frames)]}
-    ort_run, torch_run = graph_runners(ort_backend), graph_runners(None, reference)
     graphs: dict[str, dict] = {}
-    for graph, module in graph_modules(reference).items():
+    for graph, cases in outputs.items():
         precision = plan.precisions[graph]
-        check = compare(ort_run[graph], torch_run[graph], graph, plan.shapes, cases[graph], precision, plan.device,
-                        plan.seed, "pytorch")
-        _report(graph, "onnx", check)
+        backend = OnnxRuntimeBackend({graph: onnx_files[graph][0]}, num_frames, ort_device)
+        result = check(backend_runner(backend, graph), cases, graph, precision, ort_device, plan.seed, "pytorch")
+        del backend
+        gc.collect()
+        _report(graph, "onnx", result)
         graphs[graph] = {
             "precision": precision,
-            "source_sha256": weights_sha256(module, precision),
+            "source_sha256": sources[graph],
             **graph_io(onnx_files[graph][0]),
             "onnx": {
                 "files": {p.name: file_sha256(p) for p in onnx_files[graph]},
                 "opset": config.opset,
                 "attention": plan.attention if graph == "unet" else "onnx",
-                "check": check,
-                "usable": check["passed"],
+                "check": result,
+                "usable": result["passed"],
             },
         }
-    return graphs, ort_run
+    return graphs
 
 
 def tensorrt_skip_reason(plan: Plan, graphs: dict[str, dict]) -> str | None:
@@ -253,8 +283,9 @@ def tensorrt_skip_reason(plan: Plan, graphs: dict[str, dict]) -> str | None:
 
 
 def build_tensorrt(config: BuildConfig, plan: Plan, num_frames: int, onnx_files: dict[str, list[Path]],
-                   graphs: dict[str, dict], ort_run: dict) -> None:
-    """Stage 4 (GPU path: untested here): build each engine, check it against ONNX Runtime, record both in `graphs`.
+                   graphs: dict[str, dict], outputs: dict[str, list[Case]]) -> None:
+    """Stage 5 (GPU path: untested here): build each engine and check it against the PyTorch
+    outputs, one engine loaded at a time; record both in `graphs`.
 
     num_frames: the model's N (the DQFormer engine's output frames).
     """
@@ -267,22 +298,15 @@ def build_tensorrt(config: BuildConfig, plan: Plan, num_frames: int, onnx_files:
             "files": {engine.name: file_sha256(engine)},
             "profile": {n: [list(s) for s in p] for n, p in profiles[graph].items()},
         }
-    big, frames = 3 * config.max_batch, plan.frames
-    trt_backend = TensorRTBackend({g: out / f"{g}.plan" for g in graphs}, num_frames, plan.device)
-    trt_run = graph_runners(trt_backend)
-    cases = {
-        "unet": list(zip((1, 3, big), (frames[0], frames[1], frames[1]))),
-        "vae_decoder": [(1, frames[0]), (1, frames[1]), (config.max_batch, frames[1])],
-        "dqformer": [(b, num_frames) for b in (1, 3, big)],
-    }
-    for graph in graphs:
-        check = compare(trt_run[graph], ort_run[graph], graph, plan.shapes, cases[graph], plan.precisions[graph],
-                        plan.device, plan.seed, "onnxruntime")
-        _report(graph, "tensorrt", check)
-        graphs[graph]["tensorrt"] |= {"check": check, "usable": check["passed"]}
+        backend = TensorRTBackend({graph: engine}, num_frames, plan.device)
+        result = check(backend_runner(backend, graph), outputs[graph], graph, plan.precisions[graph], plan.device,
+                       plan.seed, "pytorch")
+        del backend
+        _report(graph, "tensorrt", result)
+        graphs[graph]["tensorrt"] |= {"check": result, "usable": result["passed"]}
 
 
-def manifest_for(config: BuildConfig, plan: Plan, reference: nn.Module, graphs: dict[str, dict],
+def manifest_for(config: BuildConfig, plan: Plan, aid_config: dict, graphs: dict[str, dict],
                  skip: str | None) -> dict:
     """Stage 5's content: everything the loader checks before it uses a graph (foresight.engines.manifest)."""
     versions = library_versions()
@@ -295,7 +319,7 @@ def manifest_for(config: BuildConfig, plan: Plan, reference: nn.Module, graphs: 
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "model": config.model,
         "adapters": None if config.adapters is None else str(config.adapters),
-        "aid_config": reference.config.to_dict(),
+        "aid_config": aid_config,
         "precision": config.precision,
         "io_dtypes": "per graph: float16 for every float input and output of an fp16 graph, float32 for fp32; masks bool",
         "shapes": {
@@ -314,33 +338,65 @@ def manifest_for(config: BuildConfig, plan: Plan, reference: nn.Module, graphs: 
     }
 
 
+def _peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+class _Stages:
+    """Numbered stage lines, each closed by its wall time and the process's peak RSS so far."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.number, self.started = total, 0, None
+
+    def next(self, what: str, *args) -> None:
+        self.done()
+        self.number += 1
+        logger.info(f"[{self.number}/{self.total}] {what}", *args)
+        self.started = time.perf_counter()
+
+    def done(self) -> None:
+        if self.started is not None:
+            logger.info("      %.1f s, peak RSS %.2f GiB", time.perf_counter() - self.started, _peak_rss_gib())
+            self.started = None
+
+
 def build_engines(config: BuildConfig) -> dict:
     """Run every stage; returns the manifest it wrote to config.out."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
+    stages = _Stages(6)
 
-    logger.info("[1/5] loading %s on %s", config.model, device)
+    stages.next("loading %s on %s", config.model, device)
     reference = _load(config, device)
     plan = plan_build(config, reference, device)
+    aid_config, num_frames = reference.config.to_dict(), reference.config.num_frames
 
-    logger.info("[2/5] exporting ONNX graphs (%s, %s attention) to %s", config.precision, plan.attention, out)
+    stages.next("exporting ONNX graphs (%s, %s attention) to %s", config.precision, plan.attention, out)
     onnx_files = export_onnx(config, plan, reference)
 
-    logger.info("[3/5] checking ONNX graphs with ONNX Runtime against PyTorch (seed %d)", plan.seed)
-    graphs, ort_run = check_onnx(config, plan, reference, onnx_files)
+    stages.next("PyTorch reference outputs (seed %d); then the model is freed", plan.seed)
+    outputs, sources = references(config, plan, reference)
+    del reference
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
-    logger.info("[4/5] TensorRT engines")
+    stages.next("checking ONNX graphs with ONNX Runtime against PyTorch, one session at a time")
+    graphs = check_onnx(config, plan, num_frames, onnx_files, outputs, sources)
+
+    stages.next("TensorRT engines")
     skip = tensorrt_skip_reason(plan, graphs)
     if skip is None:
-        build_tensorrt(config, plan, reference.config.num_frames, onnx_files, graphs, ort_run)
+        build_tensorrt(config, plan, num_frames, onnx_files, graphs, outputs)
         print("TensorRT engines built; the manifest marks each usable only if it passed its check")
     else:
         print(f"TensorRT skipped: {skip}. The ONNX graphs are the engines (ONNX Runtime backend).")
 
-    logger.info("[5/5] writing the manifest")
-    manifest = manifest_for(config, plan, reference, graphs, skip)
+    stages.next("writing the manifest")
+    manifest = manifest_for(config, plan, aid_config, graphs, skip)
     path = write_manifest(out, manifest)
+    stages.done()
     print(f"wrote {path}")
     return manifest
 

@@ -106,7 +106,7 @@ class VLMDecomposer:
         answer = self.processor.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
         states = parse_numbered_list(answer)
         if not states:
-            raise ValueError(f"VLM answer has no numbered states: {answer[:200]!r}")
+            raise UnparsedAnswer(f"VLM answer has no numbered states: {answer[:200]!r}")
         if len(states) != self.num_states:
             logger.warning("VLM gave %d states, expected %d; padding/truncating", len(states), self.num_states)
             states = (states + [states[-1]] * self.num_states)[: self.num_states]
@@ -115,6 +115,10 @@ class VLMDecomposer:
 
 def image_hash(image: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(image).tobytes() + str(image.shape).encode()).hexdigest()[:16]
+
+
+class UnparsedAnswer(ValueError):
+    """A VLM answered without the numbered list of states the prompt asks for."""
 
 
 class CachedDecomposer:
@@ -196,18 +200,28 @@ def make_decomposer(source: str, num_states: int) -> StateDecomposer:
     raise ValueError(f"states must be 'template', 'none', a .json cache or a VLM folder, got {source!r}")
 
 
-def build_states_cache(instructions_and_frames, decomposer: StateDecomposer, path: str | Path) -> int:
+def build_states_cache(instructions_and_frames, decomposer: StateDecomposer, path: str | Path,
+                       fallback: StateDecomposer | None = None) -> tuple[int, int]:
     """Decompose each new instruction once (with the first frame it appears with) into `path`.
 
-    Resumable: instructions already in the file are skipped. Returns how many were added.
+    Resumable: instructions already in the file are skipped. An answer without numbered states
+    takes `fallback`'s states for that instruction, with a warning naming it (None: raise
+    UnparsedAnswer). Returns (instructions added, of which answered by the fallback).
     """
     cache = CachedDecomposer(decomposer, path)
     known = set(cache.entries)
-    added = 0
+    added = fell_back = 0
     for instruction, frame in instructions_and_frames:
         if instruction and instruction not in known:
-            cache.entries[instruction] = decomposer(instruction, frame)
+            try:
+                cache.entries[instruction] = decomposer(instruction, frame)
+            except UnparsedAnswer as e:
+                if fallback is None:
+                    raise
+                logger.warning("%s; %r takes the fallback's states", e, instruction)
+                cache.entries[instruction] = fallback(instruction, frame)
+                fell_back += 1
             cache._write()
             known.add(instruction)
             added += 1
-    return added
+    return added, fell_back

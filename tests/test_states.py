@@ -68,3 +68,25 @@ def test_template_cache_ignores_the_image(tmp_path):
 def test_vlm_decomposer_needs_a_local_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
         VLMDecomposer(tmp_path, 4)
+
+
+def test_states_cache_takes_the_fallback_for_an_unparsed_answer_and_says_so(tmp_path, caplog):
+    from foresight.states import UnparsedAnswer, build_states_cache
+
+    class Garbled:
+        uses_image = True
+
+        def __call__(self, instruction, image=None):
+            if "red" in instruction:
+                raise UnparsedAnswer("VLM answer has no numbered states: 'zx'")
+            return ["reach", "done"]
+
+    pairs = [("push the red block", None), ("lift the disc", None), ("push the red block", None)]
+    added, fell_back = build_states_cache(pairs, Garbled(), tmp_path / "s.json", TemplateDecomposer(2))
+    assert (added, fell_back) == (2, 1)
+    cache = json.loads((tmp_path / "s.json").read_text())
+    assert cache["push the red block"] == TemplateDecomposer(2)("push the red block")
+    assert cache["lift the disc"] == ["reach", "done"]
+    assert "'push the red block' takes the fallback's states" in caplog.text
+    with pytest.raises(UnparsedAnswer):
+        build_states_cache([("push the red cube", None)], Garbled(), tmp_path / "t.json")

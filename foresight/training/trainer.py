@@ -173,7 +173,8 @@ def train(cfg: TrainConfig) -> Path:
             rate = window_steps * clips_per_step / elapsed
             accelerator.log({"loss": mean, "lr": scheduler.get_last_lr()[0], "clips_per_s": rate}, step=step + 1)
             check_replicas(accelerator, params, step + 1)
-            bar.set_postfix(loss=f"{mean:.4f}", clips_s=f"{rate:.1f}")
+            speed = {"clips_s": f"{rate:.1f}"} if rate >= 1 else {"s_clip": f"{1 / rate:.1f}"}  # full size: ~80 s
+            bar.set_postfix(loss=f"{mean:.4f}", **speed)
             window_start, window_steps, loss_sum = time.perf_counter(), 0, 0.0
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == optim.steps:
             seconds = seconds_before + time.perf_counter() - run_start
