@@ -83,3 +83,13 @@ def test_rewording_is_seeded_and_never_changes_a_push_direction():
         assert "left" in a and "right" not in a
         assert "to the left of" in reword("move the red block to the left of the blue disc",
                                           np.random.default_rng(seed), "train", ("direction",), 1.0)
+
+
+def test_without_object_colours_only_colour_adjectives_are_swapped():
+    rng = np.random.default_rng(0)
+    for text in ("put the banana in the pot", "put the orange in the bowl", "pick up the lime",
+                 "wipe the table with the rose cloth"):  # nouns that are colour names; no basic colour term
+        assert reword(text, rng, "train", ("colour",), 1.0) == text
+    swapped = {reword("move the dark green sponge", np.random.default_rng(s), "train", ("colour",), 1.0)
+               for s in range(10)}
+    assert all(t.startswith("move the ") and t.endswith(" sponge") for t in swapped) and len(swapped) > 3

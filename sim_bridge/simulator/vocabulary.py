@@ -243,6 +243,14 @@ def colour_words_for(rgb: tuple[int, int, int], others: list[tuple[int, int, int
     return tuple(vocabulary.colour_names[i] for i in order if fits[i])
 
 
+# Berlin and Kay's (1969) basic colour terms of English, and the words that cannot be the noun a
+# colour adjective qualifies (grammar, not vocabulary)
+BASIC_COLOURS = {"black", "white", "red", "green", "yellow", "blue", "brown", "purple", "pink", "orange", "grey",
+                 "gray"}
+_FUNCTION_WORDS = {"a", "an", "the", "and", "or", "but", "in", "into", "on", "onto", "to", "from", "of", "off", "with",
+                   "at", "by", "for", "over", "under", "up", "down", "out", "it", "is", "one", "please"}
+
+
 @cache
 def _phrase_pattern(phrases: tuple[str, ...]) -> re.Pattern:
     """Whole-word matches of `phrases`, longest first; a direction phrase is not matched where it
@@ -263,7 +271,9 @@ def _colour_spans(text: str, colours: dict[str, tuple[int, int, int]] | None,
                   path: Path) -> list[tuple[int, int, tuple[int, int, int], list[tuple[int, int, int]]]]:
     """(start, end, rgb, other objects' rgb) of each colour word in `text`. With the scene's object
     colours ("red block" -> RGB) a colour word is the one starting an object's name and stands for
-    that object's RGB; without them, any colour name on the list stands for its own RGB."""
+    that object's RGB. Without them (recorded data), a colour name stands for its own RGB where it
+    reads as a colour: it holds a basic colour term and a content word follows it ("the dark red
+    cup"), so nouns that are also colour names ("put the banana in the pot", "the orange") stay."""
     vocabulary = load_vocabulary(path)
     spans = []
     if colours:
@@ -275,6 +285,9 @@ def _colour_spans(text: str, colours: dict[str, tuple[int, int, int]] | None,
                     spans.append((word.start(), word.end(), tuple(rgb), others))
     else:
         for word in _colour_pattern(path).finditer(text):
+            follows = re.match(r"\s+([a-z]+)", text[word.end():])
+            if not set(word.group(0).split()) & BASIC_COLOURS or not follows or follows.group(1) in _FUNCTION_WORDS:
+                continue
             rgb = vocabulary.colour_rgb[vocabulary.colour_names.index(word.group(0))]
             spans.append((word.start(), word.end(), tuple(int(c) for c in rgb), []))
     return sorted(spans)
