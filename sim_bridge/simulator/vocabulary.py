@@ -57,10 +57,10 @@ SENSES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "direction:counterclockwise": (("counterclockwise",), ("counterclockwise.r.01",)),
 }
 KINDS = ("colour", "noun", "verb", "relation", "direction")
-# Grammar, not vocabulary: how a WordNet lemma reads inside a template. A relation that is an
-# adverb reads "atop the X" if it is an English preposition (else it cannot take an object), an
-# adjective "adjacent to the X"; a direction adjective
-# reads "to the left-hand side", an adverb as itself.
+# Grammar, not vocabulary: how a WordNet lemma reads inside a template. A relation adverb reads
+# "atop the X" if it is an English preposition (else it cannot take an object and is dropped), a
+# relation adjective "adjacent to the X"; a direction adjective "to the left-hand side", a
+# direction adverb as itself.
 _PREPOSITIONS = {"above", "atop", "near", "nigh", "beside", "alongside", "by", "over", "upon"}
 _DIRECTION_FORMS = {"a": "to the {} side", "s": "to the {} side", "r": "{}"}
 HELD_OUT_SHARE = 4  # one candidate in four is held out
@@ -198,7 +198,8 @@ class Vocabulary:
                     table[phrase].update(p for p in entry["phrases"] if p != phrase)
         return {phrase: tuple(sorted(words)) for phrase, words in table.items() if words}
 
-    def concept_kind(self, phrase: str) -> set[str]:
+    def concept_kinds(self, phrase: str) -> set[str]:
+        """The kinds (verb, noun, ...) of the concepts whose template phrases include `phrase`."""
         return {c.split(":")[0] for c, e in self.concepts.items() if phrase in e["phrases"]}
 
 
@@ -313,7 +314,7 @@ def reword(text: str, rng: np.random.Generator, split: str = "train", kinds: tup
         pieces += [(text[done:start], False), (word, True)]
         done = end
     pieces.append((text[done:], False))
-    table = {p: w for p, w in vocabulary.alternatives(split).items() if vocabulary.concept_kind(p) & set(kinds)}
+    table = {p: w for p, w in vocabulary.alternatives(split).items() if vocabulary.concept_kinds(p) & set(kinds)}
     if not table:
         return "".join(piece for piece, _ in pieces)
     pattern = _phrase_pattern(tuple(sorted(table)))
