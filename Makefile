@@ -16,14 +16,18 @@ $(VENV)/.installed: pyproject.toml packages/foresight-client/pyproject.toml
 	$(PY) -m pip install -q --no-deps openpi-client "open-clip-torch>=2.20"  # the latter for CLIP's BPE file (bench.real_scale)
 	touch $@
 
-.PHONY: demo test bench
+.PHONY: demo test rehearsal bench
 demo: $(VENV)/.installed
 	$(VENV)/bin/foresight demo
 
 # Two test processes (pytest-xdist; tests marked xdist_group share one process and its fixtures):
 # most slow tests wait on a child node or a subprocess.
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -n 2 --dist loadgroup
+	$(PY) -m pytest -q -n 2 --dist loadgroup -m "not rehearsal"
+
+# bench.real_scale on a tiny-width architecture: every user command of the full-size path, minutes
+rehearsal: $(VENV)/.installed
+	$(PY) -m pytest -q -m rehearsal tests/test_real_scale.py
 
 bench: $(VENV)/.installed
 	$(PY) -m bench

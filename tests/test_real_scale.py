@@ -13,7 +13,7 @@ STAGES = ["train", "train-kill", "train-resume", "predict-fp32-m1", "predict-fp3
           "states-vlm", "train-with-vlm-states"]
 
 
-@pytest.mark.xdist_group("real_scale")
+@pytest.mark.rehearsal
 def test_every_stage_of_the_rehearsal_passes_at_tiny_width(tmp_path):
     code = main(["--width", "tiny", "--dir", str(tmp_path / "folders"), "--out", str(tmp_path / "out"),
                  "--timeout", "400"])
