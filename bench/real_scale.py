@@ -57,13 +57,14 @@ class Width:
     size: int  # frames are size x size
     num_frames: int  # N
     train_steps: int
+    predict_steps: int  # every step runs all three guidance branches (the preset guides at every step)
     # --set overrides of the svd-bridge preset beyond the folders (the tiny width's DQFormer sizes)
     sets: tuple[str, ...] = ()
     episodes: int = 4
 
 
-FULL = Width("full", 256, 16, train_steps=3)
-TINY = Width("tiny", 32, 4, train_steps=3, episodes=3, sets=(
+FULL = Width("full", 256, 16, train_steps=3, predict_steps=1)
+TINY = Width("tiny", 32, 4, train_steps=3, predict_steps=2, episodes=3, sets=(
     "model.aid.height=32", "model.aid.width=32", "model.aid.num_frames=4", "model.aid.num_states=2",
     "model.aid.text_max_length=16", "model.aid.dqformer.width=32", "model.aid.dqformer.text_dim=32",
     "model.aid.dqformer.vision_dim=32", "model.aid.dqformer.heads=2", "model.aid.dqformer.tokens_per_frame=4"))
@@ -440,7 +441,7 @@ def rehearse(root: Path, out: Path, width: Width, timeout: float, device: str = 
                                 for a in ("--instruction", ["push the red block to the left", "lift the blue disc"][i])]
                 stage(f"predict-{dtype}-m{hypotheses}",
                       _foresight("predict", "--model", str(model), "--frames", str(context), *instructions,
-                                 "--steps", "2", "--dtype", dtype, *on,
+                                 "--steps", str(width.predict_steps), "--dtype", dtype, *on,
                                  "--out", str(out / f"predict-{dtype}-{hypotheses}.gif")))
         results.append(serve_and_ask("serve-bf16", ["--model", str(model), "--dtype", "bf16", *on], logs / "serve-bf16.log",
                                      context, ["push the red block to the left", "lift the blue disc"], 1, timeout))
