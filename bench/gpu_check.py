@@ -11,8 +11,8 @@ without an NVIDIA GPU it says so and exits 0 at once. Stages (STAGES):
 
   venv       its own venv (gpu_check/venv): the client, then pip install -e .[model,sim,gpu,dev] (CUDA torch, onnxruntime-gpu, TensorRT)
   tests      the GPU-marked tests (pytest -m "gpu or tensorrt")
-  engines    fp16 TensorRT engines of the embedded model; each graph checked against PyTorch and
-             ONNX Runtime, and one request against the PyTorch fp32 pipeline
+  engines    fp16 TensorRT engines of the embedded model; each graph (ONNX and TensorRT) checked
+             against PyTorch, and one request against the PyTorch fp32 pipeline
   serve      one request through `foresight serve --backend tensorrt --device cuda`
   timing     one request on TensorRT fp16, ONNX Runtime CUDA, PyTorch bf16 and PyTorch bf16 +
              torch.compile, interleaved
@@ -58,7 +58,7 @@ class Stage:
 STAGES = (
     Stage("venv", 190, "venv with CUDA torch, onnxruntime-gpu, TensorRT", in_venv=False),
     Stage("tests", 60, "GPU-marked tests", needs=("venv",)),
-    Stage("engines", 80, "fp16 TensorRT engines vs PyTorch and ONNX Runtime", needs=("venv",)),
+    Stage("engines", 80, "fp16 ONNX graphs and TensorRT engines vs PyTorch", needs=("venv",)),
     Stage("serve", 40, "one request through the node on TensorRT", needs=("engines",)),
     Stage("timing", 70, "one request per backend, interleaved", needs=("engines",)),
     Stage("unet_step", 40, "real SVD UNet step, 256x256x16, bf16", needs=("venv",)),
@@ -273,9 +273,9 @@ def stage_engines(workdir: Path) -> dict:
     import numpy as np
     import torch
     from foresight.engines import load_backend
-    from foresight.export.build_engines import BuildConfig, build_engines, graph_runners
+    from foresight.export.build_engines import BuildConfig, backend_runner, build_engines, reference_runners
     from foresight.export.onnx_export import graph_shapes
-    from foresight.export.validate import compare
+    from foresight.export.validate import check, reference_cases
 
     from foresight.pipeline import ForesightPipeline
 
@@ -285,9 +285,9 @@ def stage_engines(workdir: Path) -> dict:
     for graph, entry in manifest["graphs"].items():
         for kind in ("onnx", "tensorrt"):
             built = entry.get(kind) or {}
-            check = built.get("check") or {}
-            checks[f"{graph} {kind} vs {check.get('reference')}"] = {"max_rel": check.get("max_rel"),
-                                                                     "usable": built.get("usable", False)}
+            recorded = built.get("check") or {}
+            checks[f"{graph} {kind} vs {recorded.get('reference')}"] = {"max_rel": recorded.get("max_rel"),
+                                                                        "usable": built.get("usable", False)}
     loaded = _cuda_model()
     model = loaded.model
     trt, info = load_backend(model, "tensorrt", out)
@@ -297,11 +297,12 @@ def stage_engines(workdir: Path) -> dict:
     cfg, device = model.config, torch.device("cuda")
     shapes = graph_shapes(model, cfg.height, cfg.width)
     frames_max = cfg.num_frames
-    trt_run, torch_run = graph_runners(trt), graph_runners(None, model)
+    torch_run = reference_runners(model)  # the fp32 model, where build_engines compared against its own reference
     for graph, cases in (("unet", [(3, frames_max)]), ("vae_decoder", [(1, frames_max)]), ("dqformer", [(3, frames_max)])):
-        check = compare(trt_run[graph], torch_run[graph], graph, shapes, cases, manifest["graphs"][graph]["precision"],
-                        device, 1, "pytorch")
-        checks[f"{graph} tensorrt vs pytorch"] = {"max_rel": check["max_rel"], "usable": check["passed"]}
+        stored = reference_cases(torch_run[graph], graph, shapes, cases, device, 1)
+        result = check(backend_runner(trt, graph), stored, graph, manifest["graphs"][graph]["precision"], device, 1,
+                       "pytorch")
+        checks[f"{graph} tensorrt vs pytorch fp32"] = {"max_rel": result["max_rel"], "usable": result["passed"]}
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, (cfg.context_frames, cfg.height, cfg.width, 3), dtype=np.uint8)
     a = ForesightPipeline(loaded, backend=trt).predict(frames, [INSTRUCTION], seed=0).astype(int)
