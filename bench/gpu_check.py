@@ -2,6 +2,7 @@
 
     python3 -m bench.gpu_check                     # ~8 minutes; writes gpu_check/gpu_check.json
     python3 -m bench.gpu_check --skip-install      # reuse the venv of an earlier run
+    python3 -m bench.gpu_check --real-scale        # and rehearse every user command at full size (up to 25 min more)
 
 Needs only this repository, Python >= 3.10 and an NVIDIA driver: the runner imports nothing
 outside the standard library, and every stage runs in its own process with its own time limit
@@ -63,6 +64,9 @@ STAGES = (
     Stage("timing", 70, "one request per backend, interleaved", needs=("engines",)),
     Stage("unet_step", 40, "real SVD UNet step, 256x256x16, bf16", needs=("venv",)),
 )
+# --real-scale: every user command on the real architecture (bench.real_scale --device cuda), on top
+# of the eight minutes: the folders alone are 4.2 GB, and each stage loads them afresh
+REAL_SCALE = Stage("real_scale", 1500, "every user command at full size, on the GPU", needs=("venv",))
 
 
 # ---- the runner (standard library only) --------------------------------------------------------
@@ -181,7 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-install", action="store_true", help="reuse the venv an earlier run made")
     parser.add_argument("--torch-index", default=None,
                         help="extra pip index for a CUDA torch build (default: PyPI's, which bundles CUDA 12)")
-    parser.add_argument("--stage", choices=[s.name for s in STAGES], help=argparse.SUPPRESS)
+    parser.add_argument("--real-scale", action="store_true",
+                        help=f"also rehearse every user command at full size (bench.real_scale; up to "
+                             f"{REAL_SCALE.limit_s / 60:.0f} more minutes)")
+    parser.add_argument("--stage", choices=[s.name for s in (*STAGES, REAL_SCALE)], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     workdir = args.workdir.resolve()
     if args.stage:
@@ -191,19 +198,20 @@ def main(argv: list[str] | None = None) -> int:
         print("gpu_check: no NVIDIA GPU here (nvidia-smi is missing or lists none); nothing to check.")
         return 0
     workdir.mkdir(parents=True, exist_ok=True)
-    stages = STAGES
+    stages = STAGES + ((REAL_SCALE,) if args.real_scale else ())
+    total_limit_s = TOTAL_LIMIT_S + (REAL_SCALE.limit_s if args.real_scale else 0)
     if args.skip_install:
         if not venv_python(workdir).is_file():
             raise SystemExit(f"--skip-install: no venv at {workdir / 'venv'}; run once without it")
-        stages = tuple(s for s in STAGES if s.name != "venv")
+        stages = tuple(s for s in stages if s.name != "venv")
 
     started = time.time()
-    records = run_all(stages, lambda stage: stage_command(stage, workdir, args.torch_index), workdir)
+    records = run_all(stages, lambda stage: stage_command(stage, workdir, args.torch_index), workdir, total_limit_s)
     if args.skip_install:
         records.insert(0, {"stage": "venv", "what": STAGES[0].what, "limit_s": 0, "status": "skipped", "seconds": 0.0,
                            "reason": "--skip-install", "result": None})
     report = {"gpus": gpus, "started_unix": started, "seconds": round(time.time() - started, 1),
-              "total_limit_s": TOTAL_LIMIT_S, "stages": records, "limits": [asdict(s) for s in STAGES]}
+              "total_limit_s": total_limit_s, "stages": records, "limits": [asdict(s) for s in stages]}
     path = workdir / "gpu_check.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(table(records))
@@ -215,7 +223,8 @@ def run_one(name: str, workdir: Path, torch_index: str | None) -> int:
     """Inside a stage's process: run it, write its JSON, exit 1 unless it passed."""
     result = {"venv": lambda: stage_venv(workdir, torch_index), "tests": lambda: stage_tests(workdir),
               "engines": lambda: stage_engines(workdir), "serve": lambda: stage_serve(workdir),
-              "timing": lambda: stage_timing(workdir), "unet_step": stage_unet_step}[name]()
+              "timing": lambda: stage_timing(workdir), "unet_step": stage_unet_step,
+              "real_scale": lambda: stage_real_scale(workdir)}[name]()
     (workdir / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
     return 0 if result.get("ok") else 1
@@ -310,6 +319,18 @@ def stage_engines(workdir: Path) -> dict:
     worst = max(c["max_rel"] for c in checks.values() if c["max_rel"] is not None)
     return {"ok": all(c["usable"] for c in checks.values()), "checks": checks, "worst_max_rel": worst,
             "max_uint8_diff": int(np.abs(a - b).max()), "mean_uint8_diff": float(np.abs(a - b).mean())}
+
+
+def stage_real_scale(workdir: Path) -> dict:
+    """bench.real_scale at full width with the model on the GPU: each stage's result, time and peak RSS."""
+    from bench.real_scale import main as rehearse
+
+    out = workdir / "real_scale_out"
+    code = rehearse(["--dir", str(workdir / "real_scale"), "--out", str(out), "--device", "cuda", "--timeout", "600"])
+    report = json.loads((out / "real_scale.json").read_text())
+    return {"ok": code == 0, "total_s": report["total_s"], "peak_rss_gib": report["peak_rss_gib"],
+            "stages": {s["stage"]: {"ok": s["ok"], "seconds": s["seconds"], "error": s["error"][-300:]}
+                       for s in report["stages"]}}
 
 
 def stage_serve(workdir: Path) -> dict:

@@ -116,3 +116,19 @@ def test_stages_fit_the_eight_minutes():
     assert sum(s.limit_s for s in gpu_check.STAGES) <= gpu_check.TOTAL_LIMIT_S == 480
     names = [s.name for s in gpu_check.STAGES]
     assert all(need in names[:i] for i, s in enumerate(gpu_check.STAGES) for need in s.needs)
+
+
+def test_real_scale_is_opt_in_and_adds_its_own_time(monkeypatch, tmp_path):
+    seen = {}
+
+    def run_all(stages, command_for, workdir, total_limit_s=gpu_check.TOTAL_LIMIT_S):
+        seen["stages"], seen["total"] = [s.name for s in stages], total_limit_s
+        return []
+
+    monkeypatch.setattr(gpu_check, "find_gpus", lambda: ["GPU 0: test"])
+    monkeypatch.setattr(gpu_check, "run_all", run_all)
+    gpu_check.main(["--workdir", str(tmp_path)])
+    assert "real_scale" not in seen["stages"] and seen["total"] == gpu_check.TOTAL_LIMIT_S
+    gpu_check.main(["--workdir", str(tmp_path), "--real-scale"])
+    assert seen["stages"][-1] == "real_scale"
+    assert seen["total"] == gpu_check.TOTAL_LIMIT_S + gpu_check.REAL_SCALE.limit_s
