@@ -140,13 +140,13 @@ def test_presets_and_overrides():
 
     assert {"tiny", "tiny-vae", "tiny-base", "tiny-aid", "svd-bridge", "svd-ssv2"} <= set(preset_names())
     chain = load_jobs("tiny", out="runs/x")
-    assert [j.stage for j in chain] == ["vae", "base", "aid", "aid", "aid", "aid"] and chain[2].out == "runs/x/aid"
+    assert [j.stage for j in chain] == ["vae", "base", "aid", "aid", "aid", "aid", "aid"] and chain[2].out == "runs/x/aid"
     continued = chain[3]
     assert continued.out == "runs/x/aid-continue" and continued.model.aid.dqformer.sentence_token
     for before, after in zip(chain[2:], chain[3:]):
         assert after.path(after.model.init) == before.path("{out}/model")
         assert after.path(after.model.svd) == chain[2].path(chain[2].model.svd)
-    assert [(j.data.reword, j.seed) for j in chain[3:]] == [(0.0, 0), (0.5, 0), (0.5, 1)]
+    assert [(j.data.reword, j.seed) for j in chain[3:]] == [(0.0, 0), (0.5, 0), (0.5, 1), (0.6, 2)]
     assert chain[2].path(chain[2].model.svd).parts[-3:] == ("x", "base", "svd")
     bridge, ssv2 = load_jobs("svd-bridge")[0], load_jobs("svd-ssv2")[0]
     assert (bridge.model.aid.num_frames, bridge.model.aid.context_frames, bridge.model.aid.height) == (16, 1, 256)
