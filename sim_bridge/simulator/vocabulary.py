@@ -25,7 +25,7 @@ import json
 import logging
 import re
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -234,7 +234,15 @@ def colour_distances(rgb: tuple[int, int, int], path: Path = VOCABULARY_FILE) ->
 def colour_words_for(rgb: tuple[int, int, int], others: list[tuple[int, int, int]], split: str,
                      radius: float = COLOUR_RADIUS, path: Path = VOCABULARY_FILE) -> tuple[str, ...]:
     """Colour names of `split` ("train" or "held_out") within `radius` (CIEDE2000) of `rgb` and
-    nearer to it than to any colour in `others` (the scene's other objects), nearest first."""
+    nearer to it than to any colour in `others` (the scene's other objects), nearest first.
+    Cached: a dataset has few distinct object colours, and training asks for each clip."""
+    return _colour_words(tuple(int(c) for c in rgb), tuple(sorted(tuple(int(c) for c in o) for o in others)),
+                         split, radius, path)
+
+
+@lru_cache(maxsize=4096)
+def _colour_words(rgb: tuple[int, ...], others: tuple[tuple[int, ...], ...], split: str, radius: float,
+                  path: Path) -> tuple[str, ...]:
     vocabulary = load_vocabulary(path)
     distance = colour_distances(rgb, path)
     fits = (distance <= radius) & (vocabulary.colour_held_out == (split == "held_out"))
@@ -260,6 +268,15 @@ def _phrase_pattern(phrases: tuple[str, ...]) -> re.Pattern:
         return re.escape(phrase) + (r"(?! of\b)" if phrase.startswith("to the ") else "")
 
     return re.compile(r"\b(" + "|".join(one(p) for p in sorted(phrases, key=len, reverse=True)) + r")\b")
+
+
+@cache
+def _phrase_table(split: str, kinds: tuple[str, ...], path: Path) -> tuple[dict[str, tuple[str, ...]],
+                                                                           re.Pattern | None]:
+    """Template phrase -> `split` alternatives for the phrases of `kinds`, and their pattern."""
+    vocabulary = load_vocabulary(path)
+    table = {p: w for p, w in vocabulary.alternatives(split).items() if vocabulary.concept_kinds(p) & set(kinds)}
+    return table, _phrase_pattern(tuple(sorted(table))) if table else None
 
 
 @cache
@@ -302,7 +319,6 @@ def reword(text: str, rng: np.random.Generator, split: str = "train", kinds: tup
     near the named object's colour (`colours`: the scene's object name -> RGB, when known), other
     template phrases for a word of their concept. Words of other kinds pass through unchanged."""
     text = text.strip().lower()
-    vocabulary = load_vocabulary(path)
     pieces, done = [], 0  # colour names go in first and are not reworded again
     for start, end, rgb, others in (_colour_spans(text, colours, path) if "colour" in kinds else []):
         if start < done:
@@ -314,10 +330,9 @@ def reword(text: str, rng: np.random.Generator, split: str = "train", kinds: tup
         pieces += [(text[done:start], False), (word, True)]
         done = end
     pieces.append((text[done:], False))
-    table = {p: w for p, w in vocabulary.alternatives(split).items() if vocabulary.concept_kinds(p) & set(kinds)}
-    if not table:
+    table, pattern = _phrase_table(split, tuple(kinds), path)
+    if pattern is None:
         return "".join(piece for piece, _ in pieces)
-    pattern = _phrase_pattern(tuple(sorted(table)))
 
     def substitute(match: re.Match) -> str:
         if rng.random() >= swap:
