@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from foresight.dtypes import cpu_bf16_native
+
 log = logging.getLogger("bench")
 
 # distinct instructions, so a batch of M is M real hypotheses rather than one repeated
@@ -189,6 +191,7 @@ def machine_info(threads: int, device: str) -> dict:
     info = {
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
+        "bf16_instructions": cpu_bf16_native(),
         "torch_threads": torch.get_num_threads(),
         "ort_intra_op_threads": threads,
         "device": device,

@@ -40,6 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.core import cpu_model
+from foresight.dtypes import cpu_bf16_native
 from sim_bridge.common.imaging import write_png
 from sim_bridge.common.logs import setup_logging
 from sim_bridge.common.tables import markdown_table
@@ -467,6 +469,9 @@ def rehearse(root: Path, out: Path, width: Width, timeout: float, device: str = 
     if estimates and "error" not in estimates:
         place_estimates(results, estimates)
     report = {"width": width.name, "device": device, "root": str(root), "folders_made_s": made,
+              "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "bf16_instructions": cpu_bf16_native(),
+                          "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB, 1)},
+              "date": time.strftime("%Y-%m-%d"),
               "total_s": round(time.perf_counter() - started, 1),
               "peak_rss_gib": max((r.peak_rss_gib or 0) for r in results),
               "estimates": estimates, "stages": [r.__dict__ for r in results]}
@@ -487,8 +492,11 @@ def format_report(report: dict) -> str:
 
     rows = [[s["stage"], "ok" if s["ok"] else "FAILED", f"{s['seconds']:.0f}", gib(s["peak_rss_gib"]),
              gib(s["estimate_gib"]), _note(s)] for s in report["stages"]]
-    return (f"Rehearsal at {report['width']} width on {report['device']}: {report['total_s'] / 60:.1f} min, peak RSS "
-            f"{report['peak_rss_gib']:.2f} GiB\n\n"
+    m = report["machine"]
+    bf16 = {True: "with", False: "without", None: "unknown"}[m["bf16_instructions"]]
+    return (f"Rehearsal at {report['width']} width on {report['device']}, {report['date']}: "
+            f"{report['total_s'] / 60:.1f} min, peak RSS {report['peak_rss_gib']:.2f} GiB; {m['cpu']}, "
+            f"{m['cores']} cores, {m['memory_gib']} GiB, {bf16} bf16 instructions\n\n"
             + markdown_table(["stage", "result", "seconds", "peak RSS (GiB)", "params estimate (GiB)",
                               "notes or error"], rows) + "\n")
 

@@ -125,7 +125,9 @@ def machine_line(results: dict) -> str:
     state = (f"other processes kept at most {loads[busiest]:.2f} cores busy during a section ({busiest}): "
              + ("idle" if loads[busiest] <= IDLE_CORES else "LOADED, figures of the sections over "
                 f"{IDLE_CORES} cores are skewed: " + ", ".join(k for k, v in loads.items() if v > IDLE_CORES)))
-    return (f"Machine: {m['cpu']}, {m['cores']} cores, device {m['device']}{', ' + m['gpu'] if 'gpu' in m else ''}; "
+    bf16 = {True: "with", False: "without", None: "unknown"}[m.get("bf16_instructions")]
+    return (f"Machine: {m['cpu']}, {m['cores']} cores ({bf16} bf16 instructions), device {m['device']}"
+            f"{', ' + m['gpu'] if 'gpu' in m else ''}; "
             f"torch threads {m['torch_threads']}, ONNX Runtime intra-op threads {m['ort_intra_op_threads']} "
             f"(set explicitly, the same for both sides of every ratio); {state}. Versions: "
             + ", ".join(f"{k} {v}" for k, v in m["versions"].items())

@@ -17,7 +17,7 @@ import torch
 
 from foresight.diffusion.edm import Denoiser, karras_sigmas
 from foresight.diffusion.sampling import SOLVERS, TwoScaleGuidance
-from foresight.dtypes import resolve_dtype
+from foresight.dtypes import cpu_dtype_warning, dtype_name, resolve_dtype
 from foresight.engines import Backend, OrtOptions, load_backend
 from foresight.engines.torch_backend import TorchBackend
 from foresight.model_dir import LoadedModel, load_model
@@ -197,8 +197,9 @@ def load_pipeline(
     if torch.device(device).type == "cuda":
         torch.backends.cuda.matmul.fp32_precision = "tf32"
         torch.backends.cudnn.conv.fp32_precision = "tf32"
-    if torch.device(device).type == "cpu" and dtype == torch.float16:
-        logger.warning("fp16 on a CPU runs many kernels emulated (15x slower than fp32 on the tiny model); use bf16")
+    warning = cpu_dtype_warning(dtype_name(dtype)) if torch.device(device).type == "cpu" else None
+    if warning:
+        logger.warning(warning)
     loaded = load_model(spec, dtype=dtype)
     model = loaded.model.to(device=device, dtype=dtype)
     runner, info = load_backend(model, backend, engines, ort_options=OrtOptions(intra_op_threads=threads),

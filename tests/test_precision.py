@@ -151,3 +151,15 @@ def test_predict_command_runs_in_the_dtype_asked_for(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "), bf16 on cpu" in out and "compiled" not in out and "predicted 1 x 7 frames at 64x64" in out
     assert (tmp_path / "pred.gif").is_file()
+
+
+def test_bf16_on_a_cpu_without_bf16_instructions_warns_and_fp16_always_does():
+    from foresight.dtypes import cpu_bf16_native, cpu_dtype_warning
+
+    plain = "flags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_vnni\n"
+    amx = "flags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile\n"
+    arm = "Features\t: fp asimd sve bf16 i8mm\n"
+    assert (cpu_bf16_native(plain), cpu_bf16_native(amx), cpu_bf16_native(arm)) == (False, True, True)
+    assert "no bf16 instructions" in cpu_dtype_warning("bf16", plain)
+    assert cpu_dtype_warning("bf16", amx) is None and cpu_dtype_warning("fp32", plain) is None
+    assert "emulated" in cpu_dtype_warning("fp16", amx)

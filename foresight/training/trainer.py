@@ -29,7 +29,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from foresight.dtypes import mixed_precision_dtype
+from foresight.dtypes import cpu_dtype_warning, mixed_precision_dtype
 from foresight.states import StateDecomposer, make_decomposer
 from foresight.training.config import TrainConfig, write_resolved
 from foresight.training.data import (
@@ -80,6 +80,9 @@ def train(cfg: TrainConfig) -> Path:
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
     )
     rank, world = accelerator.process_index, accelerator.num_processes
+    warning = cpu_dtype_warning(cfg.mixed_precision) if accelerator.device.type == "cpu" else None
+    if warning and accelerator.is_main_process:
+        logger.warning("mixed_precision=%s: %s", cfg.mixed_precision, warning)
     if accelerator.is_main_process:
         write_resolved(cfg, out)
     set_seed(cfg.seed)
