@@ -17,9 +17,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Iterator
 
-from bench import backends, diffusers_svd, fleet, node, report, scaling, training
+from bench import backends, diffusers_svd, distilled, fleet, node, report, scaling, training
 from bench.core import IDLE_CORES, OtherLoad, Plan, machine_info, set_threads
-from bench.models import ModelSource, default_model
+from bench.models import ModelSource, default_model, default_student
 from foresight.node.process import running_node
 from foresight.pipeline import ForesightPipeline
 from sim_bridge.common.logs import setup_logging
@@ -32,6 +32,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None,
                         help="'tiny' (embedded), 'tiny-random' or a model folder (default: tiny if shipped, else tiny-random)")
+    parser.add_argument("--student", default=None,
+                        help="a distilled model measured against the stock pipeline and the model's node (section 8; "
+                             "default: tiny-turbo with tiny, once shipped; 'none' skips it)")
     parser.add_argument("--out", type=Path, default=Path("bench_out"), help="folder for bench.json, bench.png, bench.md")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch and ONNX Runtime intra-op threads")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda for TensorRT FP16 engines (GPU path untested here)")
@@ -53,7 +56,7 @@ def section(name: str, loads: dict[str, float]) -> Iterator[None]:
         log.warning("other processes kept %.2f cores busy during %s: its figures are skewed", meter.cores, name)
 
 
-def run(spec: str, plan: Plan, threads: int, device: str, out: Path) -> dict:
+def run(spec: str, plan: Plan, threads: int, device: str, out: Path, student: str | None = None) -> dict:
     """Every section; returns the results (Timing objects inside). The nodes' logs go to `out`."""
     source = ModelSource.of(spec)
     loaded = source.load(device)
@@ -82,16 +85,20 @@ def run(spec: str, plan: Plan, threads: int, device: str, out: Path) -> dict:
                              [*serve, "--backend", engine.name, "--engines", str(engines)]) as engine_node:
             node.check_backend(torch_node, "torch")
             node.check_backend(engine_node, engine.name)
+            stock = source.stock_pipeline(device)
             with section("1 vs diffusers", loads):
                 results["diffusers"] = diffusers_svd.compare(
-                    torch_pipe, source.stock_pipeline(device), {"torch": torch_node, engine.name: engine_node},
-                    default_steps, plan)
+                    torch_pipe, stock, {"torch": torch_node, engine.name: engine_node}, default_steps, plan)
             with section("3 batching", loads):
                 results["batching"] = node.batching(engine_pipe, engine_node, default_steps, plan)
             with section("4 overhead", loads):
                 results["overhead"] = node.overhead(engine_pipe, engine_node, default_steps, plan)
             with section("6 load", loads):
                 results["load"] = node.load(engine_pipe, engine_node, default_steps, plan)
+            if student:
+                with section("8 distilled", loads):
+                    results["distilled"] = distilled.compare(student, torch_pipe, stock, engine_node, engine.name,
+                                                             default_steps, plan, device, threads, Path(tmp), out)
     with section("5 scaling", loads):
         results["scaling"] = scaling.series(source, model, default_steps, plan, device)
     if source.svd_dir is not None:
@@ -111,7 +118,8 @@ def main(argv: list[str] | None = None) -> dict:
     plan = Plan.quick() if args.quick else Plan()
     spec = args.model or default_model()
     start = time.perf_counter()
-    results = run(spec, plan, args.threads, args.device, args.out)
+    student = default_student(spec) if args.student is None else None if args.student == "none" else args.student
+    results = run(spec, plan, args.threads, args.device, args.out, student)
     results["wall_s"] = time.perf_counter() - start
     paths = report.write(results, args.out)
     print()

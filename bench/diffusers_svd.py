@@ -21,8 +21,7 @@ from torch import nn
 
 from bench.core import INSTRUCTIONS, Plan, measure_side_by_side
 from bench.node import client, predict
-from foresight.diffusion.edm import karras_sigmas
-from foresight.diffusion.sampling import in_guidance_interval
+from foresight.diffusion.sampling import in_guidance_interval, sampling_sigmas
 from foresight.pipeline import ForesightPipeline, frames_to_tensor
 
 
@@ -98,7 +97,7 @@ def profile(run: Callable[[], object], unet: nn.Module) -> dict:
 
 def guided_steps(pipe: ForesightPipeline, steps: int) -> int:
     """Steps that run all three guidance branches; the rest run one."""
-    sigmas = karras_sigmas(steps, pipe.model.sigma_min, pipe.model.sigma_max)[:-1]
+    sigmas = sampling_sigmas(pipe.defaults.solver, steps, pipe.model.sigma_min, pipe.model.sigma_max)[:-1]
     return sum(in_guidance_interval(float(s), pipe.defaults.guidance_interval) for s in sigmas)
 
 

@@ -19,6 +19,7 @@ from diffusers import StableVideoDiffusionPipeline
 from foresight.config import AIDConfig
 from foresight.loading import SVDComponents, build_tiny_svd, load_svd
 from foresight.model_dir import (
+    EMBEDDED,
     EMBEDDED_DIR,
     TINY_RANDOM_AID,
     TINY_RANDOM_SVD,
@@ -39,6 +40,13 @@ def default_model() -> str:
         return "tiny"
     log.warning("the embedded model is not in %s yet: benchmarking tiny-random (same code path, random weights)", EMBEDDED_DIR)
     return "tiny-random"
+
+
+def default_student(spec: str) -> str | None:
+    """'tiny-turbo' beside 'tiny' once it ships; none otherwise."""
+    if spec == "tiny" and (EMBEDDED["tiny-turbo"] / "aid_config.json").is_file():
+        return "tiny-turbo"
+    return None
 
 
 @dataclass(frozen=True)

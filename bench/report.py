@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.core import IDLE_CORES, Growth, Timing
+from bench.distilled import TARGET_TO_STOCK, TARGET_TO_TEACHER
 
 SHORT = {"onnxruntime": "ORT", "tensorrt": "TRT"}  # bar labels
 HEADER = "| section | case | median | min - max | result |\n| --- | --- | --- | --- | --- |"
@@ -43,6 +44,18 @@ def diffusers_rows(d: dict) -> list[str]:
         rows.append(row(s, f"node via ZeroMQ, {r['backend']}, {r['steps']} steps{default}, {branches}", r["timing"],
                         f"{r['ratio_to_stock']:.2f}x stock ({target(r['ratio_to_stock'], limit, True)})"))
     return rows
+
+
+def distilled_rows(d: dict) -> list[str]:
+    s, t = "8 distilled", d["timings"]
+    return [
+        row(s, f"stock `StableVideoDiffusionPipeline`, {d['stock_steps']} steps", t["stock"], "reference"),
+        row(s, f"teacher node, {d['backend']}, {d['teacher_steps']} steps (its default)", t["teacher"],
+            f"{t['teacher'].median / t['stock'].median:.2f}x stock"),
+        row(s, f"student node ({d['student']}), {d['backend']}, {d['student_steps']} {d['solver']} steps, 1 branch",
+            t["student"], f"{d['ratio_to_stock']:.3f}x stock ({target(d['ratio_to_stock'], TARGET_TO_STOCK, True)}); "
+                          f"{d['ratio_to_teacher']:.2f}x teacher ({target(d['ratio_to_teacher'], TARGET_TO_TEACHER, True)})"),
+    ]
 
 
 def backend_rows(b: dict) -> list[str]:
@@ -115,6 +128,8 @@ def markdown(results: dict) -> str:
     rows += overhead_rows(results["overhead"], backend)
     rows += scaling_rows(results["scaling"])
     rows += load_rows(results["load"], backend)
+    if "distilled" in results:
+        rows += distilled_rows(results["distilled"])
     return "\n".join(rows)
 
 

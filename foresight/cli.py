@@ -19,7 +19,7 @@ logger = logging.getLogger("foresight")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="tiny", help="'tiny' (embedded), 'tiny-random' or a model folder")
+    parser.add_argument("--model", default="tiny", help="'tiny' (embedded), 'tiny-turbo' (its 4-step distilled student), 'tiny-random' or a model folder")
 
 
 def add_rerun_argument(parser: argparse.ArgumentParser, what: str) -> None:
@@ -100,12 +100,27 @@ def cmd_params(args: argparse.Namespace) -> None:
 
     if args.memory or args.train:
         arch = architecture(args.model, args.height, args.width, args.num_frames)
+        distill = False
+        if args.config:  # a training job's own AID config (size, LoRA) on the real architecture
+            from dataclasses import replace
+
+            from foresight.training.config import load_jobs
+
+            job = load_jobs(args.config)[-1]
+            if job.model.aid.dqformer is not None and job.model.aid.dqformer.width != 1024:
+                raise SystemExit(f"{args.config} is not a config for the real SVD (its DQFormer width "
+                                 f"{job.model.aid.dqformer.width} != SVD's cross-attention width 1024)")
+            distill = job.stage == "distill"
+            arch = architecture("svd", args.height or job.model.aid.height, args.width or job.model.aid.width,
+                                args.num_frames or job.model.aid.num_frames)
+            arch = replace(arch, name=args.config, config=replace(job.model.aid, **{
+                k: getattr(arch.config, k) for k in ("height", "width", "num_frames")}))
         cfg = arch.config
         size = f"{cfg.height}x{cfg.width}x{cfg.num_frames}"
         batches = [int(b) for b in args.batch.split(",")] if args.memory else []
         chunk = DECODE_CHUNK_SIZE if args.decode_chunk is None else args.decode_chunk or None
         reports = [request_memory(arch, b, torch_dtype(args.dtype), chunk) for b in batches]
-        rows = [training_memory(arch, b, ckpt) for ckpt in (False, True) for b in (1, 2)] if args.train else []
+        rows = [training_memory(arch, b, ckpt, distill) for ckpt in (False, True) for b in (1, 2)] if args.train else []
         if args.json:
             print(json.dumps({"memory": reports, "train": rows}, indent=2))
             return
@@ -122,13 +137,18 @@ def cmd_params(args: argparse.Namespace) -> None:
                 print(f"| {r['batch']} | {_gib(act['text'])} | {_gib(act['encode'])} | {_gib(act['unet'])} | "
                       f"{_gib(act['decode'])} ({r['decode_chunk']} frames/call) | {_gib(r['request_peak_bytes'])} |")
         if rows:
-            print(f"one training step, {arch.name} at {size}: bf16 frozen backbone under autocast, fp32 adapters "
-                  "+ DQFormer with AdamW (GiB):")
-            print("| gradient checkpointing | batch | peak | weights | AdamW states | step (activations, grads) |")
-            print("| --- | --- | --- | --- | --- | --- |")
+            what = ("a distill step (teacher's 3 branches and the EMA target without gradients, then the student; "
+                    "teacher and target copies of the trained weights)" if distill else "one training step")
+            print(f"{what}, {arch.name} at {size}: bf16 frozen backbone under autocast, fp32 adapters "
+                  f"+ DQFormer{' + UNet LoRA' if distill else ''} with AdamW (GiB):")
+            copies = " teacher + target copies |" if distill else ""
+            print(f"| gradient checkpointing | batch | peak | weights | AdamW states |{copies} step (activations, grads) |")
+            print("| --- " * (7 if distill else 6) + "|")
             for r in rows:
+                held = f" {_gib(r['teacher_and_target_bytes'])} |" if distill else ""
                 print(f"| {'yes' if r['gradient_checkpointing'] else 'no'} | {r['batch']} | {_gib(r['peak_bytes'])} | "
-                      f"{_gib(r['weights_bytes'])} | {_gib(r['optimizer_state_bytes'])} | {_gib(r['step_peak_bytes'])} |")
+                      f"{_gib(r['weights_bytes'])} | {_gib(r['optimizer_state_bytes'])} |{held} "
+                      f"{_gib(r['step_peak_bytes'])} |")
         return
     counts = count_real_config(num_frames=args.num_frames or 16)
     if args.json:
@@ -315,6 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="memory of one training step, batch 1 and 2, with and without gradient checkpointing")
     p.add_argument("--model", default="svd",
                    help="'svd' (the real config), 'tiny' or a model folder (--memory/--train; only configs are read)")
+    p.add_argument("--config", default=None,
+                   help="--train: a training config or preset (e.g. svd-bridge-turbo): its AID config and stage on "
+                        "the real SVD architecture")
     p.add_argument("--height", type=int, default=None, help="default: the model's (svd: 256)")
     p.add_argument("--width", type=int, default=None, help="default: the model's (svd: 256)")
     p.add_argument("--num-frames", type=int, default=None, help="N (default: the model's; svd: 16)")

@@ -54,8 +54,30 @@ class DQFormerConfig:
         return (text_tokens + self.sentence_token) * self.use_me + self.tokens_per_frame * self.use_de
 
 
-# ODE solvers a model samples with: first-order Euler (the default), Heun and DPM-Solver++(2M)
-SOLVER_NAMES = ("euler", "heun", "dpmpp_2m")
+@dataclass(frozen=True)
+class UNetLoRAConfig:
+    """A low-rank adapter (peft LoRA) on the frozen UNet's linear layers: what a distilled model
+    trains besides the AID weights (`foresight.training.distill`). Loading a model merges it into
+    the UNet's weights, so inference and exported graphs run the plain UNet.
+
+    targets: module-name suffixes (peft's `target_modules`); by default the query, key, value and
+    output projections of every self-attention, spatial and temporal.
+    """
+
+    rank: int = 16
+    alpha: float | None = None  # None: alpha = rank (scale 1)
+    targets: tuple[str, ...] = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0")
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise ValueError(f"lora rank must be >= 1, got {self.rank}")
+        if not self.targets:
+            raise ValueError("lora targets must name at least one module")
+
+
+# ODE solvers a model samples with: first-order Euler (the default), Heun and DPM-Solver++(2M);
+# consistency: multistep consistency sampling, for a distilled model (its folder's config names it)
+SOLVER_NAMES = ("euler", "heun", "dpmpp_2m", "consistency")
 
 
 @dataclass(frozen=True)
@@ -125,6 +147,7 @@ class AIDConfig:
     train_cross_attention: bool = False
     adapters: AdapterConfig | None = field(default_factory=AdapterConfig)
     dqformer: DQFormerConfig | None = field(default_factory=DQFormerConfig)
+    lora: UNetLoRAConfig | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.context_frames < self.num_frames:
@@ -137,6 +160,8 @@ class AIDConfig:
             raise ValueError(f"height and width must be multiples of 8, got {self.height}x{self.width}")
         if self.solver not in SOLVER_NAMES:
             raise ValueError(f"solver must be one of {SOLVER_NAMES}, got {self.solver!r}")
+        if self.lora is not None and self.train_cross_attention and any("attn2" in t for t in self.lora.targets):
+            raise ValueError("the cross-attention trains in full (train_cross_attention); keep the LoRA off attn2")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -156,10 +181,13 @@ class AIDConfig:
         if data.get("guidance_interval") is not None:
             data["guidance_interval"] = tuple(data["guidance_interval"])
         adapters, dqformer = data.pop("adapters", {}), data.pop("dqformer", {})
+        lora = data.pop("lora", None)  # absent in folders older than the field: no LoRA
         if adapters is not None:
             adapters = AdapterConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in adapters.items()})
         return cls(
             adapters=adapters,
             dqformer=None if dqformer is None else DQFormerConfig(**dqformer),
+            lora=None if lora is None else UNetLoRAConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                                             for k, v in lora.items()}),
             **data,
         )

@@ -4,6 +4,7 @@
 decomposer it was trained with), from which every pipeline is built. It takes
 - "tiny-random": a small SVD-architecture model with random weights, built from config (tests);
 - "tiny": the embedded model trained on the tabletop simulator, shipped in this package;
+- "tiny-turbo": its distilled student (4 one-branch consistency steps), shipped beside it;
 - a folder path in the format below;
 and `knockouts` names AID parts to leave out (see `knocked_out`): the model is built without them
 and their trained weights are not loaded, the evaluation's knock-outs.
@@ -15,7 +16,8 @@ Model folder format:
                        (relative paths are relative to the folder; "states" absent = template)
                        Training writes the text encoder and states it used, and
                        `load_model` gives every pipeline the same states, so the two agree.
-    aid.safetensors    adapters.* and dqformer.* (and unet.*attn2* when cross-attention is trained)
+    aid.safetensors    adapters.* and dqformer.* (and unet.*attn2* when cross-attention is trained,
+                       unet.*lora_* for a distilled model's UNet LoRA: merged into the UNet on load)
     model_card.json    optional: how it was made and how well it does
     svd/               optional: a diffusers-format SVD folder (unet, vae, image_encoder, ...)
 """
@@ -41,6 +43,8 @@ logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 BUNDLED_TEXT_ENCODER = "bundled:all-MiniLM-L6-v2"
 EMBEDDED_DIR = Path(__file__).parent / "weights" / "tiny"
+# the embedded models by name: the teacher and its distilled 4-step student (`foresight train tiny-turbo`)
+EMBEDDED = {"tiny": EMBEDDED_DIR, "tiny-turbo": EMBEDDED_DIR.parent / "tiny-turbo"}
 
 TINY_RANDOM_SVD = TinySVDConfig(vae_channels=(32, 64, 64))
 TINY_RANDOM_AID = AIDConfig(
@@ -142,6 +146,7 @@ def load_model_dir(path: str | Path, dtype: torch.dtype = torch.float32, knockou
     if not weights.is_file():
         raise FileNotFoundError(f"{path} has no aid.safetensors (adapter and DQFormer weights)")
     model.load_aid_weights(weights, strict=not knockouts)
+    model.unet.merge_lora()  # a distilled model's LoRA: folded into the UNet, which then runs as plain as SVD's
     card_file = path / "model_card.json"
     card = json.loads(card_file.read_text()) if card_file.is_file() else {}
     states = folder_config.get("states", "template")  # absent in folders older than the field: template
@@ -162,6 +167,8 @@ def save_model_dir(
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     if svd is None:
+        if model.config.lora is not None:
+            raise ValueError("a model with a UNet LoRA references its SVD folder (svd=...); its UNet holds the LoRA")
         model.svd_components().save_pretrained(path / "svd")
         svd = "svd"
     folder_config = {"format": FORMAT_VERSION, "aid": model.config.to_dict(), "svd": svd, "text_encoder": text_encoder,
@@ -173,16 +180,18 @@ def save_model_dir(
 
 
 def model_folder(name: str) -> Path:
-    """The folder a model name stands for: 'tiny' is the embedded model shipped in this package, any
-    other name a path. 'tiny-random' has none (it is built from config, see load_model)."""
+    """The folder a model name stands for: 'tiny' and 'tiny-turbo' are the embedded models shipped
+    in this package (`EMBEDDED`), any other name a path. 'tiny-random' has none (it is built from
+    config, see load_model)."""
     if name == "tiny-random":
         raise ValueError("'tiny-random' is built from config and has no model folder")
-    if name != "tiny":
+    if name not in EMBEDDED:
         return Path(name)
-    if not (EMBEDDED_DIR / "aid_config.json").is_file():
-        raise FileNotFoundError(f"the embedded model is not in this install ({EMBEDDED_DIR}); train it with "
+    folder = EMBEDDED[name]
+    if not (folder / "aid_config.json").is_file():
+        raise FileNotFoundError(f"the embedded model {name!r} is not in this install ({folder}); train it with "
                                 "`foresight train` or use --model tiny-random")
-    return EMBEDDED_DIR
+    return folder
 
 
 def load_model(name: str, dtype: torch.dtype = torch.float32, knockouts: Sequence[str] = ()) -> LoadedModel:

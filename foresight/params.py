@@ -29,7 +29,7 @@ from transformers import (
     CLIPVisionModelWithProjection,
 )
 
-from foresight.config import AIDConfig
+from foresight.config import AIDConfig, UNetLoRAConfig
 from foresight.models.adapters import AIDAdapters
 from foresight.models.dqformer import DQFormer
 from foresight.models.unet import AdaptedUNet
@@ -147,6 +147,13 @@ def build_modules(arch: Architecture, frozen_dtype: torch.dtype, trainable_dtype
         dq = arch.config.dqformer
         dqformer = None if dq is None else DQFormer(dq, arch.config.num_frames)
     return Modules(adapted, vae, image_encoder, text, dqformer)
+
+
+def lora_parameters(unet: torch.nn.Module, lora: UNetLoRAConfig) -> int:
+    """Parameters of `lora` on `unet`: rank x (in + out) for every linear layer it targets (as
+    peft's target_modules match: the name or a dotted suffix)."""
+    return sum(lora.rank * (m.in_features + m.out_features) for name, m in unet.named_modules()
+               if isinstance(m, torch.nn.Linear) and any(name == t or name.endswith("." + t) for t in lora.targets))
 
 
 def weight_bytes(modules: Modules) -> dict[str, int]:
@@ -289,10 +296,17 @@ def request_memory(arch: Architecture, batch: int, dtype: torch.dtype,
     }
 
 
-def training_memory(arch: Architecture, batch: int, checkpointing: bool) -> dict:
+def training_memory(arch: Architecture, batch: int, checkpointing: bool, distill: bool = False) -> dict:
     """Peak memory of one AID training step: the frozen backbone stored in bf16 and run under bf16
     autocast, adapters and DQFormer in float32 with float32 gradients and AdamW's two states,
     `batch` clips of N frames; gradient checkpointing of the UNet's blocks or not.
+
+    distill: a `distill` stage's step (`foresight.training.distill`): the config's UNet LoRA trains
+    too, the teacher's and the EMA target's copies of every trained tensor are held, and before
+    the student's step the teacher runs its three guidance branches (3 x batch clips) and the
+    target one, without gradients. The LoRA is counted by its size (weights, gradients, AdamW
+    states, copies; peft's layers cannot be built on fake tensors): its activations, rank r beside
+    layer widths of 320 and more, are left out.
 
     The step is measured in steady state (after a first step created AdamW's states); its peak
     holds activations, gradients and the optimizer's temporaries. Latents and text features come
@@ -301,6 +315,11 @@ def training_memory(arch: Architecture, batch: int, checkpointing: bool) -> dict
     cfg = arch.config
     with FakeTensorMode():
         mods = build_modules(arch, torch.bfloat16, torch.float32)
+        lora = 0
+        if distill:
+            if cfg.lora is None:
+                raise ValueError("a distill step needs the config's UNet LoRA (model.aid.lora)")
+            lora = lora_parameters(mods.unet.unet, cfg.lora)
         mods.unet.unet.requires_grad_(False)
         if checkpointing:
             mods.unet.unet.enable_gradient_checkpointing()
@@ -311,7 +330,16 @@ def training_memory(arch: Architecture, batch: int, checkpointing: bool) -> dict
         dq = mods.dqformer.config
         size = mods.image_encoder.config.image_size
 
+        def teacher_and_target() -> None:
+            with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+                for clips in (3 * b, b):
+                    context = torch.zeros(clips * n, context_tokens(cfg), dq.width, dtype=torch.bfloat16)
+                    mods.unet(torch.zeros(clips, n, 8, h, w, dtype=torch.bfloat16), torch.ones(clips), context,
+                              torch.zeros(clips, 3))
+
         def step() -> None:
+            if distill:
+                teacher_and_target()
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 t1 = torch.zeros(b, cfg.text_max_length, dq.text_dim)
                 t2 = torch.zeros(b, cfg.num_states * cfg.text_max_length, dq.text_dim)
@@ -331,10 +359,16 @@ def training_memory(arch: Architecture, batch: int, checkpointing: bool) -> dict
         weights = weight_bytes(mods)
         optimizer_states = sum(t.numel() * t.element_size() for state in optimizer.state.values()
                                for t in state.values() if isinstance(t, torch.Tensor))
-    held = sum(weights.values()) + optimizer_states
+        # the LoRA in float32: weights, gradients (in the step's peak), AdamW's two states
+        weights["lora"] = 4 * lora
+        optimizer_states += 2 * 4 * lora
+        activations += 4 * lora
+        copies = 2 * (4 * lora + sum(p.numel() * p.element_size() for p in trainable)) if distill else 0
+    held = sum(weights.values()) + optimizer_states + copies
     return {"model": arch.name, "height": cfg.height, "width": cfg.width, "num_frames": cfg.num_frames,
-            "batch": batch, "gradient_checkpointing": checkpointing, "weights_bytes": sum(weights.values()),
-            "optimizer_state_bytes": optimizer_states, "step_peak_bytes": activations, "peak_bytes": held + activations}
+            "batch": batch, "gradient_checkpointing": checkpointing, "stage": "distill" if distill else "aid",
+            "weights_bytes": sum(weights.values()), "lora_bytes": weights["lora"],
+            "teacher_and_target_bytes": copies, "optimizer_state_bytes": optimizer_states, "step_peak_bytes": activations, "peak_bytes": held + activations}
 
 
 def architecture(name: str, height: int | None = None, width: int | None = None,

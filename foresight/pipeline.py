@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import asdict
@@ -15,8 +16,8 @@ from typing import Literal, Sequence
 import numpy as np
 import torch
 
-from foresight.diffusion.edm import Denoiser, karras_sigmas
-from foresight.diffusion.sampling import SOLVERS, TwoScaleGuidance
+from foresight.diffusion.edm import Denoiser
+from foresight.diffusion.sampling import SOLVERS, TwoScaleGuidance, one_branch, sampling_sigmas
 from foresight.dtypes import cpu_dtype_warning, dtype_name, resolve_dtype
 from foresight.engines import Backend, OrtOptions, load_backend
 from foresight.engines.torch_backend import TorchBackend
@@ -140,23 +141,31 @@ class ForesightPipeline:
         model = self.model
         # 1. per-sample noise: initial latents and the context frames' noise augmentation
         h, w = self.height // self.vae_factor, self.width // self.vae_factor
-        latent_noise, aug_noise = [], []
+        latent_noise, aug_noise, generators = [], [], []
         for s in seeds:
             g = torch.Generator().manual_seed(int(s))
             latent_noise.append(torch.randn(num_frames, 4, h, w, generator=g))
             aug_noise.append(torch.randn(k, 3, self.height, self.width, generator=g))
-        # 2. conditions for the three guidance branches, in one batched pass
+            generators.append(g)
+        # 2. conditions for the three guidance branches in one batched pass, or for the full
+        # condition alone at unit scales (a distilled model's sampler)
         states = [self.decomposer(s, frames[i, 0]) for i, s in enumerate(instructions)]
-        cond = model.guidance_conditions(
-            frames_to_tensor(frames), instructions, states, num_frames, torch.stack(aug_noise),
-            dqformer=self.backend.dqformer,
-        )
-        guided = TwoScaleGuidance(self.denoiser, cond, sampler.guidance_frame, sampler.guidance_text,
-                                  sampler.guidance_interval)
+        args = (frames_to_tensor(frames), instructions, states, num_frames, torch.stack(aug_noise))
+        if one_branch(sampler.guidance_frame, sampler.guidance_text):
+            full = model.conditions(*args, dqformer=self.backend.dqformer)
+            guided = functools.partial(self.denoiser, cond=full)
+        else:
+            cond = model.guidance_conditions(*args, dqformer=self.backend.dqformer)
+            guided = TwoScaleGuidance(self.denoiser, cond, sampler.guidance_frame, sampler.guidance_text,
+                                      sampler.guidance_interval)
         # 3. sample from sigma_max down to 0: float64 schedule, float32 state, the model's dtype inside
-        sigmas = karras_sigmas(sampler.steps, model.sigma_min, model.sigma_max).to(model.device)
+        sigmas = sampling_sigmas(sampler.solver, sampler.steps, model.sigma_min, model.sigma_max).to(model.device)
         x = (torch.stack(latent_noise) * float(sigmas[0])).to(model.device)
-        latents = SOLVERS[sampler.solver](guided, x, sigmas, disable=not progress)
+        fresh = {}
+        if sampler.solver == "consistency":  # fresh noise at every level, from each request's own generator
+            fresh["noise"] = lambda: torch.stack([torch.randn(num_frames, 4, h, w, generator=g)
+                                                  for g in generators]).to(model.device)
+        latents = SOLVERS[sampler.solver](guided, x, sigmas, disable=not progress, **fresh)
         # 4. decode the predicted frames
         frames_out = model.decode_latents(latents, self.backend.vae_decoder, decode_chunk_size)
         video = tensor_to_frames(frames_out[:, k:])

@@ -28,13 +28,36 @@ def test_side_by_side_interleaves_cases_in_rotating_order():
     assert timings["c"].min >= 0.01 > timings["a"].max
 
 
+def tiny_student(folder: Path) -> Path:
+    """A distilled-format folder on tiny-random's SVD: a UNet LoRA, 2 consistency steps, unit scales."""
+    from dataclasses import replace
+
+    from foresight.config import UNetLoRAConfig
+    from foresight.loading import build_tiny_svd
+    from foresight.model_dir import TINY_RANDOM_AID, TINY_RANDOM_SVD, save_model_dir
+    from foresight.models.aid import AIDModel
+    from foresight.models.encoders import TextEncoder, bundled_text_encoder_path
+
+    config = replace(TINY_RANDOM_AID, lora=UNetLoRAConfig(rank=2), solver="consistency", steps=2,
+                     guidance_frame=1.0, guidance_text=1.0)
+    build_tiny_svd(TINY_RANDOM_SVD, seed=0).save_pretrained(folder / "svd")
+    model = AIDModel(build_tiny_svd(TINY_RANDOM_SVD, seed=0),
+                     TextEncoder(bundled_text_encoder_path(), config.text_max_length), config)
+    save_model_dir(model, folder / "model", svd=str(folder / "svd"))
+    return folder / "model"
+
+
 def test_quick_bench_writes_table_json_and_plot(tmp_path, capsys):
-    results = main(["--quick", "--model", "tiny-random", "--threads", "1", "--out", str(tmp_path)])
+    student = tiny_student(tmp_path / "student")
+    results = main(["--quick", "--model", "tiny-random", "--student", str(student), "--threads", "1",
+                    "--out", str(tmp_path)])
     printed = capsys.readouterr().out
     assert "| section | case | median | min - max | result |" in printed
     assert "torch threads 1, ONNX Runtime intra-op threads 1" in printed
-    for section in ("1 vs diffusers", "2 backends", "3 batching", "4 overhead", "5 scaling (torch, in process)", "6 load"):
+    for section in ("1 vs diffusers", "2 backends", "3 batching", "4 overhead", "5 scaling (torch, in process)", "6 load",
+                    "8 distilled"):
         assert f"| {section} |" in printed
+    assert results["distilled"]["student_steps"] == 2 and results["distilled"]["solver"] == "consistency"
     assert results["load"]["errors"] == 0
     assert results["load"]["requests"] == 8
     saved = json.loads((tmp_path / "bench.json").read_text())

@@ -120,3 +120,28 @@ def test_params_cli_memory_table(capsys):
     out = capsys.readouterr().out
     assert "one request, tiny at 64x64x8, bf16" in out
     assert "| batch (M) | text | encode | UNet call | VAE decode | request peak |" in out and "\n| 1 | " in out
+
+
+def test_distill_step_memory_adds_the_lora_and_the_teacher_and_target_copies():
+    from dataclasses import replace
+
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from foresight.config import UNetLoRAConfig
+    from foresight.params import build_modules, lora_parameters, training_memory
+
+    arch = architecture("tiny")
+    arch = replace(arch, config=replace(arch.config, lora=UNetLoRAConfig(rank=4)))
+    plain, distill = (training_memory(arch, 1, True, d) for d in (False, True))
+    with FakeTensorMode():
+        mods = build_modules(arch, torch.bfloat16, torch.float32)
+        lora = lora_parameters(mods.unet.unet, arch.config.lora)
+    assert lora > 0 and distill["lora_bytes"] == 4 * lora
+    trainable = count_trainable_bytes(arch)
+    assert distill["teacher_and_target_bytes"] == 2 * (trainable + 4 * lora)
+    assert distill["optimizer_state_bytes"] == plain["optimizer_state_bytes"] + 8 * lora
+    assert distill["peak_bytes"] >= plain["peak_bytes"] + distill["teacher_and_target_bytes"]
+    with pytest.raises(ValueError, match="LoRA"):
+        training_memory(architecture("tiny"), 1, True, True)
+    with pytest.raises(SystemExit, match="not a config for the real SVD"):
+        main(["params", "--train", "--config", "tiny-turbo"])

@@ -11,7 +11,9 @@ from foresight.diffusion.edm import Denoiser, karras_sigmas
 from foresight.diffusion.sampling import (
     SOLVERS,
     TwoScaleGuidance,
+    sample_consistency,
     sample_euler,
+    sampling_sigmas,
     unet_passes,
 )
 from foresight.model_dir import LoadedModel
@@ -69,6 +71,38 @@ def test_second_order_solvers_beat_euler_at_equal_model_calls():
     assert heun < euler / 2 and dpm < euler / 5
     with pytest.raises(ValueError, match="solver must be one of"):
         unet_passes("rk4", 3)
+
+
+def test_consistency_sampling_with_the_exact_consistency_map_gives_the_ode_s_samples():
+    """N(0, s_d^2) data: the exact consistency function (the ODE map to sigma 0) is
+    f(x, sigma) = x s_d / sqrt(s_d^2 + sigma^2). One step is the ODE's own output; more steps,
+    re-noised in between, keep the data distribution; the noise callable makes it repeatable."""
+    s_d = 0.5
+
+    def f(x, sigma):
+        return x * s_d / (s_d**2 + sigma**2).sqrt()
+
+    sigmas = karras_sigmas(1, 0.002, 80.0)
+    x = torch.randn(20000, dtype=torch.float64) * 80.0
+    assert torch.allclose(sample_consistency(f, x, sigmas), x * s_d / (s_d**2 + 80.0**2) ** 0.5)
+    four = karras_sigmas(4, 0.002, 80.0)
+
+    def draws(seed):
+        g = torch.Generator().manual_seed(seed)
+        return lambda: torch.randn(x.shape, generator=g, dtype=torch.float64)
+
+    out = sample_consistency(f, x, four, noise=draws(1))
+    assert out.std().item() == pytest.approx(s_d, rel=0.03)
+    assert torch.equal(out, sample_consistency(f, x, four, noise=draws(1)))
+    assert not torch.equal(out, sample_consistency(f, x, four, noise=draws(2)))
+    assert unet_passes("consistency", 4) == 4
+
+
+def test_consistency_schedule_spends_no_call_at_sigma_min():
+    four = sampling_sigmas("consistency", 4, 0.002, 80.0)
+    assert len(four) == 5 and four[0] == 80.0 and four[-1] == 0 and four[-2] > 0.05
+    assert torch.equal(sampling_sigmas("consistency", 1, 0.002, 80.0), torch.tensor([80.0, 0.0], dtype=torch.float64))
+    assert torch.equal(sampling_sigmas("euler", 4, 0.002, 80.0), karras_sigmas(4, 0.002, 80.0))
 
 
 def test_the_pipeline_samples_with_the_solver_asked_for(tiny_model):

@@ -251,3 +251,30 @@ def test_ship_copies_a_chain_runs_own_base(tmp_path):
     ship(run, report, dest=dest)
     assert (tmp_path / "weights" / "tiny-svd" / "model_index.json").is_file()
     assert [e["stage"] for e in json.loads((dest / "model_card.json").read_text())["chain"]] == ["aid"]
+
+
+def test_ship_puts_a_distilled_run_beside_its_teacher_on_the_same_base(tmp_path):
+    """`--name tiny-turbo`: the student references the teacher's shipped base, its card carries the
+    teacher's chain then the distill stage, and the budget counts every shipped folder."""
+    import json
+
+    from foresight.model_dir import build_tiny_random, save_model_dir
+    from foresight.training.ship import ship
+
+    model = build_tiny_random()
+    teacher, base = tmp_path / "weights" / "tiny", tmp_path / "weights" / "tiny-svd"
+    model.svd_components().save_pretrained(base)
+    save_model_dir(model, teacher, svd="../tiny-svd", card={"chain": [{"stage": "aid", "commit": "old", "seconds": 7}]})
+    run = _stage_folder(tmp_path / "turbo", model, base, init=str(teacher), seconds=40)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps(config | {"stage": "distill"}))
+    report = tmp_path / "eval.json"
+    report.write_text(json.dumps({"seeds": [0, 4], "variants": {"aid": {"episodes": 4}}}))
+    dest = ship(run, report, dest=tmp_path / "weights" / "tiny-turbo")
+    card = json.loads((dest / "model_card.json").read_text())
+    assert [(e["stage"], e["commit"]) for e in card["chain"]] == [("aid", "old"), ("distill", "abc")]
+    assert card["name"] == "tiny-turbo" and "tiny-turbo" in card["replay"]
+    assert json.loads((dest / "aid_config.json").read_text())["svd"] == "../tiny-svd"
+    assert not (tmp_path / "weights" / "tiny-turbo-svd").exists()
+    on_disk = sum(p.stat().st_size for p in (tmp_path / "weights").rglob("*") if p.is_file())
+    assert card["package_bytes"] == on_disk - (dest / "model_card.json").stat().st_size

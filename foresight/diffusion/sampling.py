@@ -14,13 +14,19 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from foresight.diffusion.edm import Denoiser
+from foresight.diffusion.edm import Denoiser, karras_sigmas
 from foresight.models.aid import Conditions
 
 
 def in_guidance_interval(sigma: float, interval: tuple[float, float] | None) -> bool:
     """Whether a step at noise level sigma runs all guidance branches; None means every step."""
     return interval is None or interval[0] < sigma <= interval[1]
+
+
+def one_branch(scale_frame: float, scale_text: float) -> bool:
+    """At s_V = s_T = 1 the guided denoiser is D(z, c_V, c_T) exactly: the full condition alone
+    (a distilled model's sampler), one UNet branch instead of three."""
+    return scale_frame == 1 and scale_text == 1
 
 
 class TwoScaleGuidance(nn.Module):
@@ -51,7 +57,7 @@ class TwoScaleGuidance(nn.Module):
         self.interval = interval
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        if not in_guidance_interval(float(sigma[0]), self.interval):
+        if one_branch(self.scale_frame, self.scale_text) or not in_guidance_interval(float(sigma[0]), self.interval):
             return self.denoiser(x, sigma, self.full)
         out = self.denoiser(torch.cat([x] * 3), torch.cat([sigma] * 3), self.cond)
         d_uncond, d_frame, d_full = out.chunk(3)
@@ -142,7 +148,48 @@ def sample_dpmpp_2m(
     return x
 
 
-SOLVERS = {"euler": sample_euler, "heun": sample_heun, "dpmpp_2m": sample_dpmpp_2m}
+@torch.no_grad()
+def sample_consistency(
+    model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    callback: Callable[[int, torch.Tensor], None] | None = None,
+    disable: bool = True,
+    noise: Callable[[], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Multistep consistency sampling (Song et al. 2023, Algorithm 1; LCM, Luo et al. 2023): at
+    each level a consistency model maps x straight to its clean estimate, and fresh noise takes
+    that estimate to the next level; the last estimate is the sample. One model call per step.
+
+    noise: draws standard normal noise of x's shape (the pipeline's per-request generators, so a
+    seed gives the same sample in any batch); None uses torch's global generator.
+    """
+    batch = x.shape[0]
+    for i in tqdm(range(len(sigmas) - 1), disable=disable, desc="sampling"):
+        denoised = model(x, sigmas[i].to(x.dtype).expand(batch)).to(x.dtype)
+        if sigmas[i + 1] > 0:
+            fresh = noise() if noise is not None else torch.randn_like(x)
+            x = denoised + sigmas[i + 1].to(x.dtype) * fresh.to(x)
+        else:
+            x = denoised
+        if callback is not None:
+            callback(i, denoised)
+    return x
+
+
+def sampling_sigmas(solver: str, steps: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
+    """The noise levels a solver visits, ending at 0. ODE solvers: Karras et al.'s `steps` levels
+    from sigma_max to sigma_min. Consistency sampling: the first `steps` of `steps + 1` such
+    levels, so no call is spent at sigma_min, where the denoiser returns its input (LCM's
+    4-step schedule likewise stops at a quarter of the way, not at the end)."""
+    if solver != "consistency":
+        return karras_sigmas(steps, sigma_min, sigma_max)
+    levels = karras_sigmas(steps + 1, sigma_min, sigma_max)
+    return torch.cat([levels[:steps], levels.new_zeros(1)])
+
+
+SOLVERS = {"euler": sample_euler, "heun": sample_heun, "dpmpp_2m": sample_dpmpp_2m,
+           "consistency": sample_consistency}
 
 
 def unet_passes(solver: str, steps: int) -> int:

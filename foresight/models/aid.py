@@ -34,6 +34,12 @@ class Conditions:
         """The index-th of `count` equal groups of clips stacked along the batch."""
         return Conditions(*(t.chunk(count)[index] for t in (self.cond_latents, self.context, self.added_time_ids)))
 
+    def select(self, clips: torch.Tensor) -> Conditions:
+        """The conditions of the clips at indices `clips` (1-D), in that order."""
+        b = self.cond_latents.shape[0]
+        context = self.context.unflatten(0, (b, -1))[clips].flatten(0, 1)
+        return Conditions(self.cond_latents[clips], context, self.added_time_ids[clips])
+
 
 class AIDModel(nn.Module):
     """AID around a frozen SVD. Only `trainable_parameters()` ever receive gradients."""
@@ -49,7 +55,7 @@ class AIDModel(nn.Module):
                 width = None if text_encoder is None else text_encoder.width
                 raise ValueError(f"DQFormer text_dim {dq.text_dim} != text encoder width {width}")
         self.config = config
-        self.unet = AdaptedUNet(svd.unet, config.adapters)
+        self.unet = AdaptedUNet(svd.unet, config.adapters, lora=config.lora)
         self.vae = svd.vae
         fe = svd.feature_extractor
         self.vision = VisionEncoder(svd.image_encoder, fe.image_mean, fe.image_std)
@@ -71,12 +77,14 @@ class AIDModel(nn.Module):
 
     # ---- parameters -------------------------------------------------------------------------
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """Adapters + DQFormer (+ the UNet's spatial cross-attention when configured)."""
+        """Adapters + DQFormer (+ the UNet's spatial cross-attention when configured, + its LoRA)."""
         params = [] if self.dqformer is None else list(self.dqformer.parameters())
         if self.unet.adapters is not None:
             params += list(self.unet.adapters.parameters())
         if self.config.train_cross_attention:
             params += [p for n, p in self.unet.unet.named_parameters() if ".attn2." in n]
+        if self.config.lora is not None:
+            params += [p for n, p in self.unet.unet.named_parameters() if ".lora_" in n]
         return params
 
     def aid_state_dict(self) -> dict[str, torch.Tensor]:
@@ -86,6 +94,8 @@ class AIDModel(nn.Module):
             state |= {f"adapters.{k}": v for k, v in self.unet.adapters.state_dict().items()}
         if self.config.train_cross_attention:
             state |= {f"unet.{k}": v for k, v in self.unet.unet.state_dict().items() if ".attn2." in k}
+        if self.config.lora is not None:
+            state |= {f"unet.{k}": v for k, v in self.unet.unet.state_dict().items() if ".lora_" in k}
         return state
 
     def save_aid_weights(self, path: str | Path) -> None:
@@ -107,9 +117,13 @@ class AIDModel(nn.Module):
         for key, value in state.items():
             if value.shape != expected[key].shape:
                 raise ValueError(f"{source}: {key} has shape {tuple(value.shape)}, expected {tuple(expected[key].shape)}")
+        merged = self.unet.lora_merged  # a merged LoRA comes out of the UNet's weights before it changes
+        self.unet.unmerge_lora()
         with torch.no_grad():
             for key, value in state.items():
                 expected[key].copy_(value)
+        if merged:
+            self.unet.merge_lora()
 
     # ---- conditions -------------------------------------------------------------------------
     @property

@@ -6,8 +6,27 @@ import torch
 from diffusers import UNetSpatioTemporalConditionModel
 from torch import nn
 
-from foresight.config import AdapterConfig
+from foresight.config import AdapterConfig, UNetLoRAConfig
 from foresight.models.adapters import AIDAdapters
+
+
+def add_lora(unet: UNetSpatioTemporalConditionModel, lora: UNetLoRAConfig) -> None:
+    """A peft LoRA on the UNet's `lora.targets` (peft's `inject_adapter_in_model`, what diffusers'
+    `add_adapter` calls; SVD's UNet class lacks that mixin): B starts at zero, so the UNet computes
+    what it did; its weights are named `...<target>.lora_A/B.default.weight`."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    inject_adapter_in_model(LoraConfig(r=lora.rank, lora_alpha=lora.alpha or lora.rank,
+                                       target_modules=list(lora.targets), init_lora_weights=True), unet)
+
+
+def lora_layers(unet: nn.Module) -> list[nn.Module]:
+    """The UNet's LoRA-wrapped layers (none without a LoRA)."""
+    try:
+        from peft.tuners.lora import LoraLayer
+    except ImportError:  # peft absent: no model of this install carries a LoRA
+        return []
+    return [m for m in unet.modules() if isinstance(m, LoraLayer)]
 
 
 class AdaptedUNet(nn.Module):
@@ -21,11 +40,15 @@ class AdaptedUNet(nn.Module):
     """
 
     def __init__(
-        self, unet: UNetSpatioTemporalConditionModel, adapters: AdapterConfig | None, dtype: torch.dtype | None = None
+        self, unet: UNetSpatioTemporalConditionModel, adapters: AdapterConfig | None, dtype: torch.dtype | None = None,
+        lora: UNetLoRAConfig | None = None,
     ) -> None:
         """dtype: the adapters' own, by default the UNet's (a memory estimate of training keeps them float32
-        beside a half-precision UNet); they are moved only where they differ, so fake tensors stay put."""
+        beside a half-precision UNet); they are moved only where they differ, so fake tensors stay put.
+        lora: a LoRA on the UNet's own layers (a distilled model's), see `add_lora`."""
         super().__init__()
+        if lora is not None:
+            add_lora(unet, lora)
         self.unet = unet
         self.adapters = None
         if adapters is not None:
@@ -38,6 +61,22 @@ class AdaptedUNet(nn.Module):
     @property
     def config(self):
         return self.unet.config
+
+    def merge_lora(self) -> None:
+        """Fold the LoRA into the UNet's weights (W += scale * B A): the same function, no extra
+        matmuls, and an exported graph of the plain UNet. `unmerge_lora` takes it back out."""
+        for layer in lora_layers(self.unet):
+            if not layer.merged:
+                layer.merge()
+
+    def unmerge_lora(self) -> None:
+        for layer in lora_layers(self.unet):
+            if layer.merged:
+                layer.unmerge()
+
+    @property
+    def lora_merged(self) -> bool:
+        return any(layer.merged for layer in lora_layers(self.unet))
 
     # Adapted from diffusers.models.unets.unet_spatio_temporal_condition.UNetSpatioTemporalConditionModel.forward
     # (diffusers 0.42) with encoder_hidden_states taken per frame instead of repeated per frame, a tensor

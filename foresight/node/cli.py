@@ -35,7 +35,7 @@ RESTART_POLICIES = ("no", "on-failure")
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `foresight serve`."""
-    parser.add_argument("--model", default="tiny", help="'tiny' (embedded), 'tiny-random', or a model folder")
+    parser.add_argument("--model", default="tiny", help="'tiny' (embedded), 'tiny-turbo' (its 4-step distilled student), 'tiny-random', or a model folder")
     parser.add_argument("--bind", default=DEFAULT_BIND, help="ZeroMQ endpoint to bind (default %(default)s)")
     parser.add_argument("--backend", default=None, help="auto | tensorrt | onnxruntime | torch (default: the pipeline's)")
     parser.add_argument("--engines", default=None, help="folder of exported engines (export/build_engines.py)")

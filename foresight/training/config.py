@@ -28,7 +28,7 @@ else:  # Python 3.10
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 WEIGHTS_DIR = Path(__file__).parent.parent / "weights"
-STAGES = ("vae", "base", "aid")
+STAGES = ("vae", "base", "aid", "distill")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 
 
@@ -113,8 +113,31 @@ class ValidationConfig:
 
 
 @dataclass(frozen=True)
+class DistillConfig:
+    """The distill stage (`foresight.training.distill`): consistency distillation of `model.init`.
+
+    The student is `model.init` with `model.aid.lora` (the UNet LoRA); `model.aid` also names the
+    sampler its folder records (solver "consistency", its steps, unit guidance scales).
+    teacher_steps: the Karras grid of the teacher's ODE (LCM's N); skip: grid levels per teacher
+    step (LCM's k); guidance_frame / guidance_text: the teacher's s_V and s_T, folded into the
+    target (None: the teacher folder's own, with its guidance interval); huber_c: the
+    pseudo-Huber loss's c (in latent units).
+    """
+
+    teacher_steps: int = 40
+    skip: int = 4
+    guidance_frame: float | None = None
+    guidance_text: float | None = None
+    huber_c: float = 0.001
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.skip < self.teacher_steps:
+            raise ValueError(f"distill.skip must be in [1, teacher_steps), got {self.skip} of {self.teacher_steps}")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
-    stage: Literal["vae", "base", "aid"] = "aid"
+    stage: Literal["vae", "base", "aid", "distill"] = "aid"
     out: str = "runs/train"
     seed: int = 0
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
@@ -128,6 +151,7 @@ class TrainConfig:
     optim: OptimConfig = OptimConfig()
     loss: LossConfig = LossConfig()
     validation: ValidationConfig = ValidationConfig()
+    distill: DistillConfig = DistillConfig()
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -141,6 +165,8 @@ class TrainConfig:
                 raise ValueError(f"optim.{name} must be >= 1, got {getattr(self.optim, name)!r}")
         if not 0 <= self.data.reword <= 1:
             raise ValueError(f"data.reword is a share of clips in [0, 1], got {self.data.reword!r}")
+        if self.stage == "distill" and not self.ema_decay:
+            raise ValueError("the distill stage needs ema_decay > 0: its target network is the EMA")
         if self.checkpoint_every < 1 or self.checkpoints_total_limit < 1:
             raise ValueError("checkpoint_every and checkpoints_total_limit must be >= 1, got "
                              f"{self.checkpoint_every!r}, {self.checkpoints_total_limit!r}")

@@ -5,8 +5,10 @@ A maintainer's tool, run from a checkout (it writes into this package's `weights
 as model folders and pass them with `--model DIR`.
 
 A run is a chain folder (`foresight train tiny --out RUN`: RUN/vae, RUN/base, RUN/aid, ...) or one
-stage's folder (`foresight train tiny-aid-reword --out RUN`). The shipped AID model is the run's
-last AID stage; its base becomes `tiny-svd` unless it already is the shipped one.
+stage's folder (`foresight train tiny-aid-reword --out RUN`, `foresight train tiny-turbo --out
+RUN`). The shipped model is the run's last AID or distill stage; its base is referenced where it
+already is a shipped folder (`tiny-svd`), else copied to `<name>-svd`. `--name tiny-turbo` ships
+a distilled run beside `tiny`, on the same base.
 
 The card records what someone needs to reproduce and judge the model: every stage of the chain
 that made it (command, seed, steps, commit, wall time; a continuation keeps the stages that made
@@ -24,11 +26,21 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from foresight.model_dir import EMBEDDED_DIR
+from foresight.model_dir import EMBEDDED, EMBEDDED_DIR
 from foresight.training.config import resolve_path
 
-MAX_EMBEDDED_BYTES = 40 * 1024 * 1024
+MAX_EMBEDDED_BYTES = 40 * 1024 * 1024  # every shipped folder together
 REPLAY = "foresight train tiny --out runs/tiny"
+REPLAYS = {
+    "tiny": REPLAY,
+    "tiny-turbo": f"{REPLAY} && foresight train tiny-turbo --out runs/tiny-turbo "
+                  "--set model.init=runs/tiny/aid-words/model --set model.svd=runs/tiny/base/svd",
+}
+DESCRIPTIONS = {
+    "tiny": "AID on a small SVD-architecture model, trained on the tabletop simulator",
+    "tiny-turbo": "the embedded tiny distilled into a one-branch student that samples in 4 consistency steps",
+}
+SHIPPED_STAGES = ("aid", "distill")
 
 
 def halve_safetensors(folder: Path) -> None:
@@ -67,13 +79,16 @@ def earlier_chain(card: dict) -> list[dict]:
 
 def chain_before(init: str, folder: Path, dest: Path, shipped: list[dict]) -> list[dict]:
     """The stages that made the weights a stage started from (`init`): `shipped` (the chain on
-    `dest`'s card) when it is `dest`, or the finished stage whose `model` folder it continued and
+    `dest`'s card) when it is `dest`, the chain on its own card when it is another shipped model
+    (a distilled model's teacher), or the finished stage whose `model` folder it continued and
     the stages before that one."""
     if not init:
         return []
     path = resolve_path(init, folder)
     if path == dest.resolve():
         return shipped
+    if (path / "model_card.json").is_file():
+        return earlier_chain(json.loads((path / "model_card.json").read_text()))
     stage = path.parent
     if path.name != "model" or not (stage / "config.json").is_file() or not (stage / "stats.json").is_file():
         return []
@@ -85,20 +100,22 @@ def chain_before(init: str, folder: Path, dest: Path, shipped: list[dict]) -> li
 
 
 def ship(run: str | Path, eval_report: str | Path, dest: Path = EMBEDDED_DIR) -> Path:
-    """Package `run`'s last AID stage as the embedded model `dest` (fp16, with a card); its base
-    goes to `<dest>-svd` unless it is that folder already. Refuses to exceed 40 MB in all."""
+    """Package `run`'s last AID or distill stage as the embedded model `dest` (fp16, with a card);
+    its base is referenced where it is a folder beside `dest` already, else copied to
+    `<dest>-svd`. Refuses to let the shipped folders exceed 40 MB together."""
     run = Path(run)
     report = json.loads(Path(eval_report).read_text())
     stages = stage_folders(run)
     entries = [chain_entry(f) for f in stages]
-    aid = [f for f, entry in zip(stages, entries) if entry["stage"] == "aid"]
+    aid = [f for f, entry in zip(stages, entries) if entry["stage"] in SHIPPED_STAGES]
     if not aid:
-        raise ValueError(f"{run} has no finished AID stage to ship")
+        raise ValueError(f"{run} has no finished AID or distill stage to ship")
     model = aid[-1] / "model"
-    base_dest = dest.with_name(f"{dest.name}-svd")
     spec = json.loads((model / "aid_config.json").read_text())
     base = Path(spec["svd"]) if Path(spec["svd"]).is_absolute() else model / spec["svd"]
-    copy_base = base.resolve() != base_dest.resolve()
+    shipped_base = base.resolve().parent == dest.parent.resolve()
+    base_dest = base.resolve() if shipped_base else dest.with_name(f"{dest.name}-svd")
+    copy_base = not shipped_base
     card_path = dest / "model_card.json"
     shipped = earlier_chain(json.loads(card_path.read_text())) if card_path.is_file() else []
     chain = chain_before(entries[0]["init"], stages[0], dest, shipped) + entries
@@ -111,25 +128,31 @@ def ship(run: str | Path, eval_report: str | Path, dest: Path = EMBEDDED_DIR) ->
         halve_safetensors(folder)
     spec["svd"] = f"../{base_dest.name}"
     (tmp / "aid_config.json").write_text(json.dumps(spec, indent=2))
+    replaced = {dest.resolve(), base_dest.resolve(), tmp.resolve(), base_tmp.resolve()}
+    others = [d for d in dest.parent.iterdir() if d.is_dir() and d.resolve() not in replaced
+              and d.name != "__pycache__" and not d.name.endswith(".tmp")]
     size = sum(p.stat().st_size for d in (tmp, base_tmp if copy_base else base_dest) for p in d.rglob("*")
                if p.is_file())
-    if size > MAX_EMBEDDED_BYTES:
+    total = size + sum(p.stat().st_size for d in others for p in d.rglob("*") if p.is_file())
+    if total > MAX_EMBEDDED_BYTES:
         for folder, _ in staged:
             shutil.rmtree(folder)
-        raise ValueError(f"embedded model would be {size / 2**20:.1f} MB, over the 40 MB budget")
+        raise ValueError(f"the shipped models would be {total / 2**20:.1f} MB together, over the 40 MB budget")
     card = {
-        "name": "tiny",
-        "description": "AID on a small SVD-architecture model, trained on the tabletop simulator",
+        "name": dest.name,
+        "description": DESCRIPTIONS.get(dest.name, DESCRIPTIONS["tiny"]),
         "chain": chain,
-        "replay": REPLAY,
+        "replay": REPLAYS.get(dest.name, REPLAY),
         "commands": [
             f"foresight eval --model {model} --episodes {report['variants']['aid']['episodes']} --json {eval_report}",
-            f"python -m foresight.training.ship --run {run} --eval {eval_report}",
+            f"python -m foresight.training.ship --run {run} --eval {eval_report}"
+            + (f" --name {dest.name}" if dest.name != "tiny" else ""),
         ],
         "evaluation_seeds": report["seeds"],
         "training_seconds": round(sum(entry["seconds"] for entry in chain), 1),
         "torch": torch.__version__,
         "size_bytes": size,
+        "package_bytes": total,
         "weights_dtype": "float16 (upcast to float32 on load)",
         "evaluation": report,
     }
@@ -146,14 +169,16 @@ def ship(run: str | Path, eval_report: str | Path, dest: Path = EMBEDDED_DIR) ->
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Package a trained run as the embedded 'tiny' model (fp16 weights, model card)."""
+    """Package a trained run as an embedded model (fp16 weights, model card)."""
     parser = argparse.ArgumentParser(prog="python -m foresight.training.ship", description=main.__doc__)
     parser.add_argument("--run", required=True,
                         help="what `foresight train --out` wrote: a chain (tiny) or one stage (tiny-aid-reword)")
     parser.add_argument("--eval", required=True, help="the JSON report of `foresight eval` on that run")
+    parser.add_argument("--name", choices=sorted(EMBEDDED), default="tiny",
+                        help="which embedded model it becomes (tiny-turbo: a distilled run)")
     args = parser.parse_args(argv)
-    dest = ship(args.run, args.eval)
-    print(f"shipped {args.run}'s last AID stage as the embedded model in {dest} (base: {dest.name}-svd)")
+    dest = ship(args.run, args.eval, EMBEDDED[args.name])
+    print(f"shipped {args.run}'s last stage as the embedded model {args.name} in {dest}")
 
 
 if __name__ == "__main__":

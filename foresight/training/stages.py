@@ -4,6 +4,8 @@
 - base: the text-free image-to-video prior (UNet + image encoder), SVD's conditioning; writes `svd/`.
 - aid:  the frozen SVD with adapters + DQFormer (+ cross-attention where configured); writes
         `model/`, an AID model folder that references the SVD folder instead of copying it.
+- distill: consistency distillation of an AID model folder into a one-branch few-step student
+        (its AID weights + a UNet LoRA; `foresight.training.distill`); writes `model/` as aid does.
 
 A stage's `forward(video, instructions, states, generator)` returns the loss, so the trainer
 wraps it in DDP as it is. Its parameters with `requires_grad` are exactly what trains and what a
@@ -12,6 +14,7 @@ checkpoint holds; everything else is frozen.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -21,11 +24,13 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from foresight.config import AIDConfig
 from foresight.loading import SVDComponents, build_tiny_svd, load_svd
 from foresight.model_dir import resolve_text_encoder, save_model_dir
 from foresight.models.aid import AIDModel
 from foresight.models.encoders import TextEncoder
 from foresight.training.config import TrainConfig
+from foresight.training.distill import consistency_distillation_loss
 from foresight.training.loss import DropoutConfig, aid_loss
 
 logger = logging.getLogger(__name__)
@@ -162,8 +167,53 @@ def continue_from(model: AIDModel, folder: Path) -> None:
                 ", ".join(sorted(fresh)) or "nothing")
 
 
-STAGE_MODULES = {"vae": VAEStage, "base": BaseStage, "aid": AIDStage}
+class DistillStage(AIDStage):
+    """The `distill` stage: the student is the teacher's AID model (`model.init`) with the config's
+    UNet LoRA (`model.aid.lora`, zero at the start: the student starts as the teacher); everything
+    `trainable_parameters` names trains. The target network is the trainer's EMA of those weights
+    (`use_target`), which checkpoints already hold; the teacher's weights are those the run starts
+    from, read again from `model.init` on resume. The teacher samples as its folder says (s_V,
+    s_T, guidance interval) unless `distill` sets the scales.
+    """
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        if not cfg.model.init:
+            raise ValueError("the distill stage needs model.init: the AID model folder it distills (the teacher)")
+        if cfg.model.aid.lora is None:
+            raise ValueError("the distill stage needs model.aid.lora: the student's LoRA on the UNet")
+        super().__init__(cfg)
+        teacher_file = cfg.path(cfg.model.init) / "aid_config.json"
+        own = AIDConfig.from_dict(json.loads(teacher_file.read_text())["aid"]).sampler
+        d = cfg.distill
+        self.guidance = own.resolve(guidance_frame=d.guidance_frame, guidance_text=d.guidance_text)
+        self.params = {n: p for n, p in self.named_parameters() if p.requires_grad}
+        self.teacher = {n: p.detach().clone() for n, p in self.params.items()}
+        self.config = d
+        self._ema, self._order = None, []
+        logger.info("distilling %s: teacher s_V %.2f, s_T %.2f, interval %s; grid of %d levels, skip %d",
+                    cfg.model.init, self.guidance.guidance_frame, self.guidance.guidance_text,
+                    self.guidance.guidance_interval, d.teacher_steps, d.skip)
+
+    def use_target(self, ema, params: list[nn.Parameter]) -> None:
+        """The trainer's EMA of `params` (the same tensors as `self.params`) is the target network;
+        read at every step, since loading a checkpoint replaces the EMA's tensors."""
+        names = {id(p): n for n, p in self.params.items()}
+        self._ema, self._order = ema, [names[id(p)] for p in params]
+
+    def forward(self, video: torch.Tensor, instructions: Sequence[str], states: Sequence[Sequence[str]],
+                generator: torch.Generator) -> torch.Tensor:
+        if self._ema is None:
+            raise RuntimeError("the distill stage needs its target network: the trainer's EMA (ema_decay > 0)")
+        target = dict(zip(self._order, self._ema.shadow_params))
+        c, g = self.config, self.guidance
+        return consistency_distillation_loss(
+            self.model, self.params, self.teacher, target, video, instructions, states, generator,
+            c.teacher_steps, c.skip, g.guidance_frame, g.guidance_text, g.guidance_interval, c.huber_c,
+            self.loss.motion_weight)
 
 
-def build_stage(cfg: TrainConfig) -> VAEStage | BaseStage | AIDStage:
+STAGE_MODULES = {"vae": VAEStage, "base": BaseStage, "aid": AIDStage, "distill": DistillStage}
+
+
+def build_stage(cfg: TrainConfig) -> VAEStage | BaseStage | AIDStage | DistillStage:
     return STAGE_MODULES[cfg.stage](cfg)

@@ -105,6 +105,8 @@ def train(cfg: TrainConfig) -> Path:
         from diffusers.training_utils import EMAModel
 
         ema = EMAModel(params, decay=cfg.ema_decay, use_ema_warmup=True)
+    if cfg.stage == "distill":  # the EMA is the consistency target network (the config asks for one)
+        stage.use_target(ema, params)
 
     def save_hook(models, weights, folder):
         weights.pop()  # accelerate's full state dict, frozen backbone included: never written
