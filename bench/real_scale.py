@@ -33,6 +33,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -324,6 +325,30 @@ def _healthy(endpoint: str) -> bool:
         return False
 
 
+def _ask(node: subprocess.Popen, client, call):
+    """`call(client)` on a daemon thread while watching the node: a node that dies mid-request
+    (the kernel's out-of-memory killer) fails the stage at once instead of after the client's timeout."""
+    answer: dict = {}
+
+    def run() -> None:
+        try:
+            with client:
+                answer["value"] = call(client)
+        except Exception as e:  # handed to the waiting thread
+            answer["error"] = e
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(1.0)
+        if thread.is_alive() and node.poll() is not None:
+            how = "killed by signal 9 (out of memory?)" if node.returncode == -9 else f"exit {node.returncode}"
+            raise RuntimeError(f"the node died during the request: {how}")
+    if "error" in answer:
+        raise answer["error"]
+    return answer["value"]
+
+
 def serve_and_ask(stage: str, serve_args: list[str], log: Path, context: Path, instructions: list[str],
                   steps: int, timeout: float) -> Result:
     """`foresight serve ...` as a child; once healthy, one predict from the light client; then SIGTERM.
@@ -347,9 +372,9 @@ def serve_and_ask(stage: str, serve_args: list[str], log: Path, context: Path, i
                     raise TimeoutError(f"no healthy node at {endpoint} after {timeout:.0f} s")
                 time.sleep(1)
             result.notes["ready_s"] = round(time.perf_counter() - start, 1)
-            with ForesightClient(endpoint, timeout_s=timeout, retries=0) as client:
-                asked = time.perf_counter()
-                frames = client.predict(read_image(context)[None], instructions, steps=steps)
+            asked = time.perf_counter()
+            frames = _ask(node, ForesightClient(endpoint, timeout_s=timeout, retries=0),
+                          lambda client: client.predict(read_image(context)[None], instructions, steps=steps))
             result.notes["request_s"] = round(time.perf_counter() - asked, 1)
             result.notes["reply_shape"] = list(frames.shape)
             result.ok = True
@@ -401,7 +426,8 @@ def place_estimates(results: list[Result], estimates: dict) -> None:
             result.estimate_gib = round(step / GIB, 4)
 
 
-def rehearse(root: Path, out: Path, width: Width, timeout: float, device: str = "cpu") -> dict:
+def rehearse(root: Path, out: Path, width: Width, timeout: float, device: str = "cpu",
+             skip: frozenset[str] = frozenset()) -> dict:
     """Every stage in order, the model on `device` (training: wherever accelerate puts it); returns
     the report (also written to out/real_scale.json and .md)."""
     on = ["--device", device]
@@ -418,19 +444,24 @@ def rehearse(root: Path, out: Path, width: Width, timeout: float, device: str = 
     steps = ["--set", f"optim.steps={width.train_steps}"]
     results: list[Result] = []
 
-    def stage(name: str, command: list[str], **kw) -> Result:
-        results.append(run_stage(name, command, logs / f"{name}.log", timeout, **kw))
+    def record(name: str, run) -> Result:
+        """A stage's result; one in `skip` counts as passed and reuses what an earlier rehearsal left in `out`."""
+        results.append(Result(name, "", ok=True, notes={"skipped": "--skip"}) if name in skip else run())
         return results[-1]
 
+    def stage(name: str, command: list[str], **kw) -> Result:
+        return record(name, lambda: run_stage(name, command, logs / f"{name}.log", timeout, **kw))
+
     run_a, run_b = out / "run-a", out / "run-b"
-    for run in (run_a, run_b):
-        shutil.rmtree(run, ignore_errors=True)
+    for name, run in (("train", run_a), ("train-kill", run_b)):
+        if name not in skip:
+            shutil.rmtree(run, ignore_errors=True)
     train = stage("train", _foresight("train", "svd-bridge", "--out", str(run_a), *base, *steps))
     stage("train-kill", _foresight("train", "svd-bridge", "--out", str(run_b), *base, *steps),
           stop_when=_checkpointed(run_b, width.train_steps - 1))
     resume = stage("train-resume", _foresight("train", "svd-bridge", "--out", str(run_b), *base, *steps))
     model = run_a / "model"
-    if train.ok and resume.ok:
+    if train.ok and resume.ok and (run_b / "model" / "aid.safetensors").is_file():
         resume.notes["bit_identical_to_uninterrupted"] = _same_weights(model / "aid.safetensors",
                                                                        run_b / "model" / "aid.safetensors")
         resume.ok = resume.notes["bit_identical_to_uninterrupted"]
@@ -445,17 +476,19 @@ def rehearse(root: Path, out: Path, width: Width, timeout: float, device: str = 
                       _foresight("predict", "--model", str(model), "--frames", str(context), *instructions,
                                  "--steps", str(width.predict_steps), "--dtype", dtype, *on,
                                  "--out", str(out / f"predict-{dtype}-{hypotheses}.gif")))
-        results.append(serve_and_ask("serve-bf16", ["--model", str(model), "--dtype", "bf16", *on], logs / "serve-bf16.log",
-                                     context, ["push the red block to the left", "lift the blue disc"], 1, timeout))
+        record("serve-bf16", lambda: serve_and_ask(
+            "serve-bf16", ["--model", str(model), "--dtype", "bf16", *on], logs / "serve-bf16.log", context,
+            ["push the red block to the left", "lift the blue disc"], 1, timeout))
         engines = out / "engines"
         export = stage("export-fp32", [sys.executable, "-m", "foresight.export.build_engines", "--model", str(model),
                                        "--out", str(engines / "fp32"), "--seed", "0"])
         stage("export-fp16", [sys.executable, "-m", "foresight.export.build_engines", "--model", str(model),
                               "--out", str(engines / "fp16"), "--precision", "fp16", "--seed", "0"])
         if export.ok:
-            results.append(serve_and_ask("serve-onnxruntime", ["--model", str(model), "--backend", "onnxruntime",
-                                                               "--engines", str(engines / "fp32"), *on],
-                                         logs / "serve-onnxruntime.log", context, ["lift the blue disc"], 1, timeout))
+            record("serve-onnxruntime", lambda: serve_and_ask(
+                "serve-onnxruntime", ["--model", str(model), "--backend", "onnxruntime", "--engines",
+                                      str(engines / "fp32"), *on], logs / "serve-onnxruntime.log", context,
+                ["lift the blue disc"], 1, timeout))
         stage("eval-bf16", _foresight("eval", "--model", str(model), "--episodes-dir", str(tree), "--episodes", "2",
                                       "--variants", "aid", "--steps", "1", "--dtype", "bf16", *on,
                                       "--json", str(out / "eval.json")))
@@ -510,6 +543,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", choices=tuple(WIDTHS), default="full")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds any one stage may take")
     parser.add_argument("--device", default="cpu", help="where predict, serve, eval and the VLM run (e.g. cuda)")
+    parser.add_argument("--skip", default=[], type=lambda v: [s for s in v.split(",") if s],
+                        help="comma-separated stages to leave out, reusing what an earlier run left in --out "
+                             "(e.g. train,train-kill,train-resume to rehearse the rest on its model)")
     args = parser.parse_args(argv)
     setup_logging()
     width = WIDTHS[args.width]
@@ -517,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.make:
         print(json.dumps(make_folders(root, width)))
         return 0
-    report = rehearse(root, Path(args.out), width, args.timeout, args.device)
+    report = rehearse(root, Path(args.out), width, args.timeout, args.device, frozenset(args.skip))
     print(format_report(report))
     return 0 if all(s["ok"] for s in report["stages"]) else 1
 

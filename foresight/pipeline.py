@@ -213,4 +213,10 @@ def load_pipeline(
     model = loaded.model.to(device=device, dtype=dtype)
     runner, info = load_backend(model, backend, engines, ort_options=OrtOptions(intra_op_threads=threads),
                                   compile=compile)
+    if "unet" in getattr(runner, "files", {}):
+        # the engine runs the UNet (adapters inside): PyTorch's copy would only hold memory, 6 GB in
+        # fp32 at SVD's size, beside the engine's own; a full-size ONNX Runtime node was killed at
+        # 24 GB with both
+        model.unet.to_empty(device="meta")
+        logger.info("the %s engine runs the UNet: PyTorch's UNet weights released", runner.name)
     return ForesightPipeline(loaded, backend=runner, backend_info=info)

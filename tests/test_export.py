@@ -12,6 +12,7 @@ import secrets
 import subprocess
 import sys
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -203,6 +204,11 @@ def test_load_pipeline_uses_matching_engines(built):
     info = pipe.info()["backend"]
     assert info["name"] == "onnxruntime" and info["requested"] == "auto"
     assert "tensorrt" in info["skipped"] and info["details"]["providers"] == ["CPUExecutionProvider"]
+    # the engine runs the UNet: PyTorch's copy is released, and requests never needed it
+    assert all(p.is_meta for p in pipe.model.unet.parameters())
+    frames = np.full((1, 64, 64, 3), 100, np.uint8)
+    torch_frames = load_pipeline("tiny-random").predict(frames, ["lift the cube"], steps=2)
+    assert np.abs(pipe.predict(frames, ["lift the cube"], steps=2).astype(int) - torch_frames).max() <= 2
 
 
 def test_load_pipeline_threads_reach_onnxruntime_and_torch(built):
