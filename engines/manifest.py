@@ -97,6 +97,25 @@ def _canonical(config: dict) -> dict:
     return json.loads(json.dumps(config))
 
 
+# what only the sampler reads: a folder may change its default steps, scales or solver and keep its engines
+SAMPLER_FIELDS = ("steps", "guidance_frame", "guidance_text", "guidance_interval", "solver")
+
+
+def same_graph_config(built: dict | None, config: dict) -> bool:
+    """Whether engines exported for the AID config `built` (the manifest's, as a dict) fit a model
+    whose config is `config` (`AIDConfig.to_dict()`): equal in every field the graphs depend on.
+    A field the manifest lacks (added to AIDConfig since the export, such as `lora`) fits only
+    where the model leaves it unset."""
+    current, exported = _canonical(config), _canonical(built or {})
+    for name in SAMPLER_FIELDS:
+        current.pop(name, None)
+        exported.pop(name, None)
+    for name in current.keys() - exported.keys():
+        if current.pop(name) is not None:
+            return False
+    return current == exported
+
+
 def check_graph(
     manifest: dict,
     engine_dir: str | Path,
@@ -118,7 +137,7 @@ def check_graph(
         raise EngineRefused(f"{where}: not in the manifest")
     if not built.get("usable"):
         raise EngineRefused(f"{where}: the exporter marked it unusable ({built.get('reason', 'numeric check failed')})")
-    if _canonical(model.config.to_dict()) != manifest.get("aid_config"):
+    if not same_graph_config(manifest.get("aid_config"), model.config.to_dict()):
         raise EngineRefused(f"{where}: built for a different model config (resolution, frames, DQFormer shape)")
     shapes = manifest.get("shapes", {})
     if (shapes.get("height"), shapes.get("width")) != (model.config.height, model.config.width):

@@ -65,6 +65,9 @@ def make_process_pool(threads: int) -> int | None:
     return threads
 
 
+LARGE_GRAPH_BYTES = 2 * 1024**3  # graphs whose weights alone fill a few GB: load them without extra copies
+
+
 def _session(path: Path, device: torch.device, options: OrtOptions, cache_dir: Path):
     import onnxruntime as ort
 
@@ -77,6 +80,12 @@ def _session(path: Path, device: torch.device, options: OrtOptions, cache_dir: P
     }[options.optimization]
     so.use_per_session_threads = False  # the process-wide pool (make_process_pool)
     so.log_severity_level = 3
+    data = path.with_name(path.name + ".data")
+    if device.type == "cpu" and data.is_file() and data.stat().st_size > LARGE_GRAPH_BYTES:
+        # MLAS keeps prepacked copies of the weights beside the graph's own: at SVD's size (6.1 GB
+        # of fp32 weights) a node serving one request was killed at 24 GB; without them it fits
+        so.add_session_config_entry("session.disable_prepacking", "1")
+        so.enable_cpu_mem_arena = False
     present = ort.get_available_providers()
     if options.providers is not None:
         wanted = list(options.providers)

@@ -231,3 +231,24 @@ def test_tensorrt_engines_build_check_and_load(engine_dir, tmp_path, precision):
     tol = 1e-3 if precision == "fp32" else 3e-2
     assert errors(plain, ref)["max_rel"] < tol
     torch.testing.assert_close(replayed[1], plain, atol=1e-3, rtol=1e-3)
+
+
+def test_engines_fit_a_config_that_differs_only_in_sampler_fields_or_new_defaults():
+    """A manifest written before AIDConfig gained a field (here `lora`) still fits the same model,
+    and a folder may change its default steps, scales or solver and keep its engines."""
+    from dataclasses import replace
+
+    from foresight.config import UNetLoRAConfig
+    from foresight.engines.manifest import same_graph_config
+    from foresight.model_dir import TINY_RANDOM_AID
+
+    old = TINY_RANDOM_AID.to_dict()
+    del old["lora"]
+    def fits(config) -> bool:
+        return same_graph_config(old, config.to_dict())
+
+    assert fits(TINY_RANDOM_AID) and fits(replace(TINY_RANDOM_AID, steps=2, guidance_text=1.0, solver="heun"))
+    assert not fits(replace(TINY_RANDOM_AID, height=32, width=32))
+    assert not fits(replace(TINY_RANDOM_AID, lora=UNetLoRAConfig(rank=4)))
+    assert not same_graph_config(old | {"unknown_field": 1}, TINY_RANDOM_AID.to_dict())
+    assert not same_graph_config(None, TINY_RANDOM_AID.to_dict())
