@@ -50,8 +50,8 @@ def teacher(tmp_path_factory) -> Path:
     return root / "model"
 
 
-def job(tmp: Path, teacher: Path, name: str, steps: int = 4) -> Path:
-    data = {"stage": "distill", "out": str(tmp / name), "checkpoint_every": 2, "log_every": 1, "ema_decay": 0.95,
+def job(tmp: Path, teacher: Path, name: str, steps: int = 2) -> Path:
+    data = {"stage": "distill", "out": str(tmp / name), "checkpoint_every": 1, "log_every": 1, "ema_decay": 0.95,
             "model": {"svd": str(teacher.parent / "svd"), "init": str(teacher), "aid": STUDENT.to_dict()},
             "data": {"source": "simulator", "episodes": 16},
             "distill": {"teacher_steps": 10, "skip": 2},
@@ -155,7 +155,7 @@ def test_distill_resumes_bit_identically_and_writes_a_student_folder(teacher, tm
     whole = run(job(tmp_path, teacher, "whole"))
     cut = job(tmp_path, teacher, "cut")
     run(cut)
-    shutil.rmtree(tmp_path / "cut" / "checkpoints" / "checkpoint-4")
+    shutil.rmtree(tmp_path / "cut" / "checkpoints" / "checkpoint-2")  # as if killed after step 1
     shutil.rmtree(tmp_path / "cut" / "model")
     resumed = run(cut)
     a, b = load_file(str(whole / "aid.safetensors")), load_file(str(resumed / "aid.safetensors"))
@@ -166,7 +166,7 @@ def test_distill_resumes_bit_identically_and_writes_a_student_folder(teacher, tm
     assert not [k for k in a if k.startswith("unet.") and ".lora_" not in k and ".attn2." not in k]
     folder = json.loads((whole / "aid_config.json").read_text())
     assert folder["aid"]["solver"] == "consistency" and folder["aid"]["lora"]["rank"] == 4
-    ckpt = tmp_path / "whole" / "checkpoints" / "checkpoint-4" / "trainable.safetensors"
+    ckpt = tmp_path / "whole" / "checkpoints" / "checkpoint-2" / "trainable.safetensors"
     assert not [k for k in load_file(str(ckpt)) if ".base_layer." in k]
 
 
