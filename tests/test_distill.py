@@ -25,7 +25,6 @@ from foresight.training.config import load_jobs
 from foresight.training.stages import DistillStage
 from foresight.training.trainer import train
 
-pytest.importorskip("peft")
 pytestmark = pytest.mark.xdist_group("distill")
 
 STUDENT = replace(TINY_RANDOM_AID, lora=UNetLoRAConfig(rank=4), solver="consistency", steps=2,
