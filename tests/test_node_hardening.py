@@ -114,12 +114,11 @@ def test_health_stays_fast_while_a_maximal_image_decodes(node, client) -> None:
             decode_s.append(reply["timing"]["decode_s"])
     finally:
         health.close()
-    assert len(latencies) >= 3
-    # Decoding on the front would hold each health reply for a whole decode_s: the typical reply
-    # would take that long. One slow reply is the scheduler on a busy machine (0.46 s seen while
-    # the other test worker ran), not the node.
-    slow = [t for t in latencies if t >= max(0.25, min(decode_s) / 2)]
-    assert len(slow) <= 1, (latencies, decode_s)
+    # Decoding on the front would hold each health reply for a whole decode_s: about one reply per
+    # decode, each as slow as the decode. Answered beside the decode, replies keep coming during
+    # it, and the typical one is quick. (Single replies of 0.3-0.5 s are the scheduler on a busy
+    # 2-core machine, not the node, so no single reply is bounded.)
+    assert len(latencies) >= 5 * len(decode_s), (latencies, decode_s)
     assert np.median(latencies) < 0.05, latencies
 
 
