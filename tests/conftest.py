@@ -24,6 +24,15 @@ settings.register_profile("long", max_examples=7_000, **_PROFILE)  # ~21,000 exa
 settings.load_profile("default")
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Numbers, not speed, are under test: one torch thread keeps a shared 2-core box fast."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_model():
     """The random tiny AID model (shared: tests must not modify it)."""

@@ -25,18 +25,10 @@ from foresight.training.config import load_jobs
 from foresight.training.stages import DistillStage
 from foresight.training.trainer import train
 
-pytestmark = pytest.mark.xdist_group("distill")
+pytestmark = [pytest.mark.xdist_group("distill"), pytest.mark.usefixtures("one_torch_thread")]
 
 STUDENT = replace(TINY_RANDOM_AID, lora=UNetLoRAConfig(rank=4), solver="consistency", steps=2,
                   guidance_frame=1.0, guidance_text=1.0)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
