@@ -368,7 +368,8 @@ def training_memory(arch: Architecture, batch: int, checkpointing: bool, distill
     return {"model": arch.name, "height": cfg.height, "width": cfg.width, "num_frames": cfg.num_frames,
             "batch": batch, "gradient_checkpointing": checkpointing, "stage": "distill" if distill else "aid",
             "weights_bytes": sum(weights.values()), "lora_bytes": weights["lora"],
-            "teacher_and_target_bytes": copies, "optimizer_state_bytes": optimizer_states, "step_peak_bytes": activations, "peak_bytes": held + activations}
+            "teacher_and_target_bytes": copies, "optimizer_state_bytes": optimizer_states,
+            "step_peak_bytes": activations, "peak_bytes": held + activations}
 
 
 def architecture(name: str, height: int | None = None, width: int | None = None,
