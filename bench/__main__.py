@@ -97,7 +97,7 @@ def run(spec: str, plan: Plan, threads: int, device: str, out: Path, student: st
                 results["load"] = node.load(engine_pipe, engine_node, default_steps, plan)
             if student:
                 with section("8 distilled", loads):
-                    results["distilled"] = distilled.compare(student, torch_pipe, stock, engine_node, engine.name,
+                    results["distilled"] = distilled.compare(student, torch_pipe, loaded, engine, stock, engine_node,
                                                              default_steps, plan, device, threads, Path(tmp), out)
     with section("5 scaling", loads):
         results["scaling"] = scaling.series(source, model, default_steps, plan, device)

@@ -5,11 +5,17 @@ One single-instruction request, side by side in one run: the stock diffusers
 defaults, and the student's node (ONNX Runtime on a CPU, TensorRT on a GPU, as the teacher's) at
 its own steps (a consistency sampler, one branch per step). Whole requests, everything around
 the UNet included: that is what a planner waits for.
+
+Then where each one's time goes, in process on the same engines: the UNet graph, the VAE-decoder
+graph, the DQFormer graph and the rest (encoders, sampler, resizing). The parts both models pay
+alike bound the ratio to the teacher from below, whatever the student's step count.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +24,8 @@ from bench import backends
 from bench.core import INSTRUCTIONS, Plan, measure_side_by_side
 from bench.diffusers_svd import encoder_image, run_stock
 from bench.node import check_backend, client, predict
+from foresight.engines import Backend
+from foresight.model_dir import LoadedModel, load_model
 from foresight.node.process import running_node
 from foresight.pipeline import ForesightPipeline
 
@@ -27,9 +35,55 @@ TARGET_TO_STOCK = 0.08
 TARGET_TO_TEACHER = 0.35
 
 
-def compare(student: str, teacher: ForesightPipeline, stock, teacher_endpoint: str, engine_name: str,
-            teacher_steps: int, plan: Plan, device: str, threads: int, tmp: Path, logs: Path) -> dict:
-    """`student`: a distilled model (name or folder); `teacher_endpoint`: the teacher's engine node."""
+class TimedBackend:
+    """A backend whose graphs add their seconds to `spent`, by graph; `sync` waits for the device."""
+
+    def __init__(self, inner: Backend, sync=None) -> None:
+        self.inner, self.name, self.sync, self.spent = inner, inner.name, sync, Counter()
+
+    def _timed(self, part: str, fn, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if self.sync:
+                self.sync()
+            self.spent[part] += time.perf_counter() - start
+
+    def unet(self, *args):
+        return self._timed("unet", self.inner.unet, *args)
+
+    def vae_decoder(self, latents):
+        return self._timed("vae_decoder", self.inner.vae_decoder, latents)
+
+    def dqformer(self, *args, num_frames=None):
+        return self._timed("dqformer", self.inner.dqformer, *args, num_frames=num_frames)
+
+    def describe(self) -> dict:
+        return self.inner.describe()
+
+
+def request_split(loaded: LoadedModel, engine: Backend, frames: np.ndarray, text: list[str], steps: int,
+                  runs: int, sync=None) -> dict:
+    """Mean seconds per in-process request on `engine`, by part: unet, vae_decoder, dqformer, rest."""
+    timed = TimedBackend(engine, sync)
+    pipe = ForesightPipeline(loaded, backend=timed)
+    pipe.predict(frames, text, steps=steps)  # warm-up
+    timed.spent.clear()
+    start = time.perf_counter()
+    for run in range(runs):
+        pipe.predict(frames, text, steps=steps, seed=run)
+    total = (time.perf_counter() - start) / runs
+    parts = {part: seconds / runs for part, seconds in timed.spent.items()}
+    return {"total_s": total, "parts_s": parts | {"rest": total - sum(parts.values())}}
+
+
+def compare(student: str, teacher: ForesightPipeline, teacher_loaded: LoadedModel, teacher_engine: Backend,
+            stock, teacher_endpoint: str, teacher_steps: int, plan: Plan, device: str, threads: int, tmp: Path,
+            logs: Path) -> dict:
+    """`student`: a distilled model (name or folder); `teacher_endpoint`: the teacher's node on
+    `teacher_engine` (whose backend the student's node gets too)."""
+    engine_name = teacher_engine.name
     engines = backends.build(student, tmp / "student-engines", device, 1)
     h, w = teacher.height, teacher.width
     frames = np.random.default_rng(0).integers(0, 256, (teacher.context_frames, h, w, 3), dtype=np.uint8)
@@ -48,9 +102,15 @@ def compare(student: str, teacher: ForesightPipeline, stock, teacher_endpoint: s
             "student": lambda: predict(student_node, frames, text, student_steps),
         }
         timings = measure_side_by_side(cases, plan.runs, plan.warmup, "stock, teacher node and student node")
+    student_loaded = load_model(student)
+    student_loaded.model.to(device).eval()
+    student_engine, _ = backends.engine_backend(student_loaded.model, engines, threads)
+    sync = backends.sync_for(device)
+    split = {"teacher": request_split(teacher_loaded, teacher_engine, frames, text, teacher_steps, plan.runs, sync),
+             "student": request_split(student_loaded, student_engine, frames, text, student_steps, plan.runs, sync)}
     student_t = timings["student"]
     return {"student": student, "backend": engine_name, "solver": info["defaults"]["solver"],
             "student_steps": student_steps, "teacher_steps": teacher_steps, "stock_steps": stock_steps,
-            "timings": timings,
+            "timings": timings, "split": split,
             "ratio_to_stock": student_t.median / timings["stock"].median,
             "ratio_to_teacher": student_t.median / timings["teacher"].median}

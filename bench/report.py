@@ -55,7 +55,17 @@ def distilled_rows(d: dict) -> list[str]:
         row(s, f"student node ({d['student']}), {d['backend']}, {d['student_steps']} {d['solver']} steps, 1 branch",
             t["student"], f"{d['ratio_to_stock']:.3f}x stock ({target(d['ratio_to_stock'], TARGET_TO_STOCK, True)}); "
                           f"{d['ratio_to_teacher']:.2f}x teacher ({target(d['ratio_to_teacher'], TARGET_TO_TEACHER, True)})"),
-    ]
+    ] + [split_row(s, name, d["split"][name], d["split"]["teacher"]["total_s"]) for name in ("teacher", "student")]
+
+
+def split_row(section: str, name: str, split: dict, teacher_s: float) -> str:
+    """Where one in-process request's time goes; beside the student, its time without the UNet
+    against the teacher's whole request: the ratio no step count can go below."""
+    parts = split["parts_s"]
+    text = ", ".join(f"{part} {fmt(seconds)}" for part, seconds in parts.items())
+    floor = (split["total_s"] - parts.get("unet", 0.0)) / teacher_s
+    return (f"| {section} | {name} request in process, by part | {fmt(split['total_s'])} | - | {text}"
+            + (f"; without the UNet {floor:.2f}x teacher |" if name == "student" else " |"))
 
 
 def backend_rows(b: dict) -> list[str]:

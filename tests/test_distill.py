@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -46,7 +47,8 @@ def job(tmp: Path, teacher: Path, name: str, steps: int = 2) -> Path:
             "model": {"svd": str(teacher.parent / "svd"), "init": str(teacher), "aid": STUDENT.to_dict()},
             "data": {"source": "simulator", "episodes": 16},
             "distill": {"teacher_steps": 10, "skip": 2},
-            "optim": {"steps": steps, "batch": 2, "lr": 1e-3, "warmup": 1}, "loss": {"motion_weight": 4.0}}
+            "optim": {"steps": steps, "batch": 2, "lr": 1e-3, "warmup": 1}, "loss": {"motion_weight": 4.0},
+            "validation": {"every": steps, "source": "simulator", "episodes": 1, "steps": 1}}
     path = tmp / f"{name}.json"
     path.write_text(json.dumps(data))
     return path
@@ -142,8 +144,10 @@ def test_distill_loss_falls_on_a_fixed_batch(teacher, tmp_path):
     assert any(not torch.equal(stage.teacher[n], p) for n, p in stage.params.items())
 
 
-def test_distill_resumes_bit_identically_and_writes_a_student_folder(teacher, tmp_path):
+def test_distill_resumes_bit_identically_and_writes_a_student_folder(teacher, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="foresight.training.trainer")
     whole = run(job(tmp_path, teacher, "whole"))
+    assert "step 2 validation: follow_rate" in caplog.text  # the student, sampled as its folder will say
     cut = job(tmp_path, teacher, "cut")
     run(cut)
     shutil.rmtree(tmp_path / "cut" / "checkpoints" / "checkpoint-2")  # as if killed after step 1

@@ -15,6 +15,7 @@ from sim_bridge.apps.planner import (
     PLANNER_KINDS,
     PlannerConfig,
     candidates,
+    format_table,
     instruction,
     make_goal,
     rank,
@@ -73,6 +74,8 @@ def test_planner_end_to_end_one_request_per_decision(tmp_path):
     assert oracle.requests[0] == step["candidates"] and len(step["candidates"]) == 4
     assert instruction(goal.task) in step["candidates"] and step["measure"] == "object_px"
     assert 0.0 <= summary["random_success_rate"] <= 1.0
+    assert summary["decisions"] == 1 and summary["planning_time_s"] == step["latency_s"] > 0
+    assert "planning time" in format_table(summary)
     assert json.loads((tmp_path / "planner_summary.json").read_text())["goals"] == 1
     gif = iio.imread(tmp_path / summary["episodes"][0]["media"]["gif"], index=None)
     assert gif.shape[0] == 8 and gif.shape[2] > 3 * gif.shape[1] - 20  # 3 panels side by side

@@ -263,7 +263,7 @@ def calibration_clips(cfg: TrainConfig, clips: int = 256) -> torch.Tensor:
 def validate_with_ema(accelerator: Accelerator, module, ema, params, cfg: TrainConfig, step: int,
                       decomposer: StateDecomposer) -> None:
     """Validation on the main process, with the EMA weights swapped in when there are any."""
-    if accelerator.is_main_process and cfg.stage == "aid":
+    if accelerator.is_main_process and cfg.stage in ("aid", "distill"):
         from foresight.training.validation import validate
 
         if ema is not None:

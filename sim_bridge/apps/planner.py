@@ -353,6 +353,7 @@ def run_planner(client: ForesightClient, seeds: Sequence[int],
             log_goal(recording, goal, result)
         result["steps"] = [_plain(s) for s in result["steps"]]
         episodes.append(result)
+    latencies = [s["latency_s"] for e in episodes for s in e["steps"]]
     summary = {
         "node": dataclasses.asdict(geometry), "config": dataclasses.asdict(config),
         "seeds": list(seeds), "goals": len(episodes),
@@ -360,6 +361,9 @@ def run_planner(client: ForesightClient, seeds: Sequence[int],
         "random_success_rate": mean_or_none([e["random_success_rate"] for e in episodes]),
         "first_step_true_task_rate": mean_or_none([e["steps"][0]["chose_true_task"]
                                             for e in episodes if e["steps"]]),
+        # the time the robot waited on foresight: every decision's request, end to end
+        "decisions": len(latencies), "planning_time_s": float(sum(latencies)),
+        "mean_request_s": mean_or_none(latencies),
         "episodes": episodes,
     }
     if out is not None:
@@ -375,7 +379,9 @@ def format_table(summary: dict) -> str:
     return (f"{table}\nsuccess rate: planner {summary['planner_success_rate']:.2f}, random among the "
             f"same candidates {summary['random_success_rate']:.2f} "
             f"({summary['goals']} goals, {summary['config']['max_candidates']} candidates, "
-            f"budget {summary['config']['budget']})")
+            f"budget {summary['config']['budget']})\n"
+            f"planning time: {summary['planning_time_s']:.1f} s over {summary['decisions']} requests"
+            + (f" ({summary['mean_request_s']:.2f} s each)" if summary["decisions"] else ""))
 
 
 def main(argv: list[str] | None = None) -> None:
