@@ -240,3 +240,12 @@ def test_validation_scores_simulator_and_recorded_episodes(tmp_path):
     assert set(metrics) == {"psnr", "ssim"} and sheet.shape == (260, 1196, 3)
     assert validate(model, recorded, 0)[0] == metrics
     assert validate(model, recorded, 1)[0]["psnr"] != metrics["psnr"]
+
+
+def test_the_recorded_command_is_the_one_a_user_types(monkeypatch):
+    from foresight.training.trainer import command_line
+
+    monkeypatch.setattr("sys.argv", ["/repo/foresight/cli.py", "train", "tiny-turbo", "--out", "runs/t"])
+    assert command_line() == "foresight train tiny-turbo --out runs/t"  # python -m foresight.cli
+    monkeypatch.setattr("sys.argv", ["/venv/bin/foresight", "train", "--set", "data.source=my data"])
+    assert command_line() == "foresight train --set 'data.source=my data'"

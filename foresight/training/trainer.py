@@ -197,7 +197,7 @@ def train(cfg: TrainConfig) -> Path:
             stage.calibrate(calibration_clips(cfg))
         result = stage.write_output(cfg, out)
         stats = {"steps": optim.steps, "seconds": round(seconds_before + time.perf_counter() - run_start, 1),
-                 "final_loss": mean, "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+                 "final_loss": mean, "command": command_line(),
                  "commit": source_commit()}
         (out / "stats.json").write_text(json.dumps(stats, indent=2))
         logger.info("wrote %s", result)
@@ -258,6 +258,12 @@ def calibration_clips(cfg: TrainConfig, clips: int = 256) -> torch.Tensor:
     stream = ClipStream(episode_set(cfg), make_decomposer("template", aid.num_states), aid.num_frames, aid.height,
                         aid.width, cfg.data.frame_stride, 1, cfg.seed + 4)
     return torch.stack([stream.clip(s)[0] for s in range(clips)])
+
+
+def command_line() -> str:
+    """The command that ran, as a user types it: `python -m foresight.cli ...` is `foresight ...`."""
+    program = Path(sys.argv[0]).name
+    return shlex.join(["foresight" if program == "cli.py" else program, *sys.argv[1:]])
 
 
 def validate_with_ema(accelerator: Accelerator, module, ema, params, cfg: TrainConfig, step: int,
