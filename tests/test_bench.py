@@ -7,8 +7,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from bench.__main__ import main
 from bench.core import _busy_ticks, fit_growth, measure_side_by_side
 
@@ -62,7 +60,7 @@ def test_quick_bench_writes_table_json_and_plot(tmp_path, capsys):
     assert results["distilled"]["student_steps"] == 2 and results["distilled"]["solver"] == "consistency"
     split = results["distilled"]["split"]["student"]  # where a request's time goes, by graph
     assert split["parts_s"]["unet"] > 0 and split["parts_s"]["vae_decoder"] > 0
-    assert sum(split["parts_s"].values()) == pytest.approx(split["total_s"])
+    assert split["parts_s"]["rest"] >= 0  # the timed graphs never add up to more than the request
     assert "| 8 distilled | student request in process, by part |" in printed
     assert results["load"]["errors"] == 0
     assert results["load"]["requests"] == 8
