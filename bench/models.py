@@ -8,7 +8,6 @@ ones inside a loaded AIDModel.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from foresight.model_dir import (
     LoadedModel,
     load_model,
     model_folder,
+    read_model_dir,
     resolve_text_encoder,
 )
 from foresight.models.aid import AIDModel
@@ -62,16 +62,9 @@ class ModelSource:
     def of(cls, spec: str) -> ModelSource:
         if spec == "tiny-random":
             return cls(spec, TINY_RANDOM_AID, None, bundled_text_encoder_path())
-        folder = model_folder(spec)
-        meta = json.loads((folder / "aid_config.json").read_text())
-        svd = Path(meta["svd"])
-        text = meta.get("text_encoder")
-        return cls(
-            spec,
-            AIDConfig.from_dict(meta["aid"]),
-            svd if svd.is_absolute() else folder / svd,
-            None if text is None else resolve_text_encoder(text, folder),
-        )
+        folder = read_model_dir(model_folder(spec))
+        text = folder.text_encoder
+        return cls(spec, folder.aid, folder.svd, None if text is None else resolve_text_encoder(text))
 
     def load(self, device: str = "cpu") -> LoadedModel:
         """The model itself, trained weights, card and states included."""

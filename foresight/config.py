@@ -75,6 +75,24 @@ class UNetLoRAConfig:
             raise ValueError("lora targets must name at least one module")
 
 
+@dataclass(frozen=True)
+class FrameDecoderConfig:
+    """A small frame-by-frame decoder of the VAE's latents (diffusers' `DecoderTiny`, TAESD's
+    decoder), trained to match the temporal decoder (`foresight train` stage "decoder"): decoding
+    then costs a fraction of the temporal decoder's and needs no repeated end latents.
+
+    channels: its width at every level; blocks: residual blocks per level, one level per VAE
+    level (each level but the last upsamples 2x), TAESD's (3, 3, 3, 1) for an SD/SVD VAE.
+    """
+
+    channels: int = 64
+    blocks: tuple[int, ...] = (3, 3, 3, 1)
+
+    def __post_init__(self) -> None:
+        if self.channels < 1 or not self.blocks or min(self.blocks) < 1:
+            raise ValueError(f"decoder channels and blocks must be >= 1, got {self.channels}, {self.blocks}")
+
+
 # ODE solvers a model samples with: first-order Euler (the default), Heun and DPM-Solver++(2M);
 # consistency: multistep consistency sampling, for a distilled model (its folder's config names it)
 SOLVER_NAMES = ("euler", "heun", "dpmpp_2m", "consistency")
@@ -148,6 +166,7 @@ class AIDConfig:
     adapters: AdapterConfig | None = field(default_factory=AdapterConfig)
     dqformer: DQFormerConfig | None = field(default_factory=DQFormerConfig)
     lora: UNetLoRAConfig | None = None
+    decoder: FrameDecoderConfig | None = None  # None: the VAE's temporal decoder decodes
 
     def __post_init__(self) -> None:
         if not 1 <= self.context_frames < self.num_frames:
@@ -182,6 +201,7 @@ class AIDConfig:
             data["guidance_interval"] = tuple(data["guidance_interval"])
         adapters, dqformer = data.pop("adapters", {}), data.pop("dqformer", {})
         lora = data.pop("lora", None)  # absent in folders older than the field: no LoRA
+        decoder = data.pop("decoder", None)  # absent in folders older than the field: the temporal decoder
         if adapters is not None:
             adapters = AdapterConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in adapters.items()})
         return cls(
@@ -189,5 +209,7 @@ class AIDConfig:
             dqformer=None if dqformer is None else DQFormerConfig(**dqformer),
             lora=None if lora is None else UNetLoRAConfig(**{k: tuple(v) if isinstance(v, list) else v
                                                              for k, v in lora.items()}),
+            decoder=None if decoder is None else FrameDecoderConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                                                      for k, v in decoder.items()}),
             **data,
         )

@@ -17,7 +17,8 @@ Model folder format:
                        Training writes the text encoder and states it used, and
                        `load_model` gives every pipeline the same states, so the two agree.
     aid.safetensors    adapters.* and dqformer.* (and unet.*attn2* when cross-attention is trained,
-                       unet.*lora_* for a distilled model's UNet LoRA: merged into the UNet on load)
+                       unet.*lora_* for a distilled model's UNet LoRA: merged into the UNet on load,
+                       decoder.* for a frame decoder, `AIDConfig.decoder`, which then decodes)
     model_card.json    optional: how it was made and how well it does
     svd/               optional: a diffusers-format SVD folder (unet, vae, image_encoder, ...)
 """
@@ -127,8 +128,18 @@ def build_tiny_random(seed: int = 0, knockouts: Sequence[str] = ()) -> AIDModel:
     return knocked
 
 
-def load_model_dir(path: str | Path, dtype: torch.dtype = torch.float32, knockouts: Sequence[str] = ()) -> LoadedModel:
-    """Load a model folder: the model, its card (empty when the folder has none) and its states."""
+@dataclass(frozen=True)
+class FolderSpec:
+    """A model folder's aid_config.json, its paths resolved: what to build before loading weights."""
+
+    aid: AIDConfig
+    svd: Path
+    text_encoder: str | None  # BUNDLED_TEXT_ENCODER, a path, or None (a text-free base)
+    states: str  # "template", "none", or a path (a `foresight states` cache or a VLM folder)
+
+
+def read_model_dir(path: str | Path) -> FolderSpec:
+    """The one reader of a model folder's aid_config.json (relative paths: relative to the folder)."""
     path = Path(path)
     config_file = path / "aid_config.json"
     if not config_file.is_file():
@@ -136,11 +147,24 @@ def load_model_dir(path: str | Path, dtype: torch.dtype = torch.float32, knockou
     folder_config = json.loads(config_file.read_text())
     if folder_config.get("format") != FORMAT_VERSION:
         raise ValueError(f"{config_file}: format {folder_config.get('format')!r}, this version reads {FORMAT_VERSION}")
-    config = knocked_out(AIDConfig.from_dict(folder_config["aid"]), knockouts)
-    svd_path = Path(folder_config["svd"])
-    svd = load_svd(svd_path if svd_path.is_absolute() else path / svd_path, dtype=dtype)
-    text_ref = folder_config.get("text_encoder")
-    text = None if text_ref is None else TextEncoder(resolve_text_encoder(text_ref, path), config.text_max_length)
+    svd = Path(folder_config["svd"])
+    text = folder_config.get("text_encoder")
+    if text is not None and text != BUNDLED_TEXT_ENCODER:
+        text = str(resolve_text_encoder(text, path))
+    states = folder_config.get("states", "template")  # absent in folders older than the field: template
+    if states not in ("template", "none") and not Path(states).is_absolute():
+        states = str(path / states)
+    return FolderSpec(AIDConfig.from_dict(folder_config["aid"]), svd if svd.is_absolute() else path / svd, text, states)
+
+
+def load_model_dir(path: str | Path, dtype: torch.dtype = torch.float32, knockouts: Sequence[str] = ()) -> LoadedModel:
+    """Load a model folder: the model, its card (empty when the folder has none) and its states."""
+    path = Path(path)
+    spec = read_model_dir(path)
+    config = knocked_out(spec.aid, knockouts)
+    svd = load_svd(spec.svd, dtype=dtype)
+    text = None if spec.text_encoder is None else TextEncoder(resolve_text_encoder(spec.text_encoder),
+                                                             config.text_max_length)
     model = AIDModel(svd, text, config)
     weights = path / "aid.safetensors"
     if not weights.is_file():
@@ -149,10 +173,7 @@ def load_model_dir(path: str | Path, dtype: torch.dtype = torch.float32, knockou
     model.unet.merge_lora()  # a distilled model's LoRA: folded into the UNet, which then runs as plain as SVD's
     card_file = path / "model_card.json"
     card = json.loads(card_file.read_text()) if card_file.is_file() else {}
-    states = folder_config.get("states", "template")  # absent in folders older than the field: template
-    if states not in ("template", "none") and not Path(states).is_absolute():
-        states = str(path / states)
-    return LoadedModel(model, card, make_decomposer(states, config.num_states))
+    return LoadedModel(model, card, make_decomposer(spec.states, config.num_states))
 
 
 def save_model_dir(

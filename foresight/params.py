@@ -9,10 +9,8 @@ caching and fragmentation.
 from __future__ import annotations
 
 import contextlib
-import json
 import weakref
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
@@ -90,19 +88,14 @@ def real_architecture() -> Architecture:
 
 def folder_architecture(name: str) -> Architecture:
     """'tiny' or a model folder: the configs it holds (no weights are read)."""
-    from foresight.model_dir import model_folder, resolve_text_encoder
+    from foresight.model_dir import model_folder, read_model_dir, resolve_text_encoder
 
-    folder = model_folder(name)
-    config_file = folder / "aid_config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{folder} is not an AID model folder: no aid_config.json")
-    folder_config = json.loads(config_file.read_text())
-    svd = Path(folder_config["svd"])
-    svd = svd if svd.is_absolute() else folder / svd
-    text = AutoConfig.from_pretrained(resolve_text_encoder(folder_config["text_encoder"], folder), local_files_only=True)
+    spec = read_model_dir(model_folder(name))
+    svd = spec.svd
+    text = AutoConfig.from_pretrained(resolve_text_encoder(spec.text_encoder), local_files_only=True)
     return Architecture(
         name,
-        AIDConfig.from_dict(folder_config["aid"]),
+        spec.aid,
         dict(UNetSpatioTemporalConditionModel.load_config(svd / "unet")),
         dict(AutoencoderKLTemporalDecoder.load_config(svd / "vae")),
         CLIPVisionConfig.from_pretrained(svd / "image_encoder").to_dict(),

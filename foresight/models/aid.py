@@ -12,6 +12,7 @@ from torch import nn
 
 from foresight.config import AIDConfig
 from foresight.loading import SVDComponents
+from foresight.models.decoder import FrameDecoder
 from foresight.models.dqformer import DQFormer
 from foresight.models.encoders import TextEncoder, VisionEncoder
 from foresight.models.unet import AdaptedUNet
@@ -66,10 +67,19 @@ class AIDModel(nn.Module):
         self.sigma_max = float(svd.scheduler.config.sigma_max)
         self.feature_extractor = svd.feature_extractor
         self.scheduler = svd.scheduler
+        self.decoder = self._frame_decoder(config)
         self.unet.unet.requires_grad_(False)
         self.vae.requires_grad_(False)
         for p in self.trainable_parameters():
             p.requires_grad_(True)
+
+    def _frame_decoder(self, config: AIDConfig) -> FrameDecoder | None:
+        """The configured frame decoder, frozen like the VAE (its own stage trains it)."""
+        if config.decoder is None:
+            return None
+        vae = self.vae.config
+        decoder = FrameDecoder(config.decoder, vae.latent_channels, len(vae.block_out_channels), vae.scaling_factor)
+        return decoder.to(self.vae.device, self.vae.dtype).requires_grad_(False)
 
     def svd_components(self) -> SVDComponents:
         """The frozen SVD parts, e.g. to save them as a diffusers folder."""
@@ -88,8 +98,11 @@ class AIDModel(nn.Module):
         return params
 
     def aid_state_dict(self) -> dict[str, torch.Tensor]:
-        """The trained weights only: what an AID checkpoint holds on top of SVD."""
+        """The trained weights only: what an AID checkpoint holds on top of SVD (the frame decoder's
+        too, `decoder.*`, though only its own stage trains it)."""
         state = {} if self.dqformer is None else {f"dqformer.{k}": v for k, v in self.dqformer.state_dict().items()}
+        if self.decoder is not None:
+            state |= {f"decoder.{k}": v for k, v in self.decoder.state_dict().items()}
         if self.unet.adapters is not None:
             state |= {f"adapters.{k}": v for k, v in self.unet.adapters.state_dict().items()}
         if self.config.train_cross_attention:
@@ -151,6 +164,16 @@ class AIDModel(nn.Module):
     def vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Unscaled latents (B, F, 4, h, w) -> frames (B, F, 3, H, W), unclamped: the VAE-decoder graph.
 
+        The frame decoder decodes where the model has one (`AIDConfig.decoder`), else the VAE's
+        temporal decoder (`temporal_decode`).
+        """
+        if self.decoder is not None:
+            return self.decoder(latents)
+        return self.temporal_decode(latents)
+
+    def temporal_decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """SVD's temporal decoder: unscaled latents (B, F, 4, h, w) -> frames (B, F, 3, H, W), unclamped.
+
         The clip is decoded with its first and last latent repeated once, then those two frames
         are dropped: the temporal decoder's time convolutions zero-pad the clip's ends, and the
         tiny model's VAE rendered its end frames blurred and green-tinted there (L1 on held-out
@@ -171,16 +194,17 @@ class AIDModel(nn.Module):
         """Scaled latents (B, F, 4, h, w) -> frames (B, F, 3, H, W) in [-1, 1].
 
         vae_decode replaces `self.vae_decode` (an engine backend's VAE-decoder graph).
-        decode_chunk_size: at most this many frames per decoder call (counting the two repeated
-        end latents of each clip), in whole clips and at least one: the temporal decoder mixes a
-        clip's frames, so clips are never split and the result equals decoding all at once.
-        None decodes every clip in one call.
+        decode_chunk_size: at most this many frames per decoder call (with the temporal decoder,
+        counting the two repeated end latents of each clip), in whole clips and at least one: the
+        temporal decoder mixes a clip's frames, so clips are never split and the result equals
+        decoding all at once. None decodes every clip in one call.
         """
         if decode_chunk_size is not None and decode_chunk_size < 1:
             raise ValueError(f"decode_chunk_size must be >= 1 frame, got {decode_chunk_size}")
         decode = vae_decode or self.vae_decode
         z = latents / self.vae.config.scaling_factor
-        clips = len(z) if decode_chunk_size is None else max(1, decode_chunk_size // (z.shape[1] + 2))
+        per_clip = z.shape[1] + (2 if self.decoder is None else 0)
+        clips = len(z) if decode_chunk_size is None else max(1, decode_chunk_size // per_clip)
         return torch.cat([decode(chunk) for chunk in z.split(clips)]).clamp(-1, 1)
 
     def text_features(self, sentences: Sequence[str], states: Sequence[Sequence[str]]):

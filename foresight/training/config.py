@@ -1,6 +1,7 @@
 """Training job configuration: one frozen dataclass tree, read from TOML/JSON files or shipped presets.
 
-A job file sets `stage` ("vae", "base" or "aid": which parameters train and which loss) and the
+A job file sets `stage` ("vae", "base", "aid", "distill" or "decoder": which parameters train and
+which loss) and the
 sections below (`extends = "<file or preset>"` starts from another file); a chain file
 (`chain = ["tiny-vae", "tiny-base", "tiny-aid"]`) runs several jobs in order, each in
 `<out>/<stage>`; a step may also be a table `{config = "...", folder = "...", set = ["k=v"]}`
@@ -28,7 +29,7 @@ else:  # Python 3.10
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 WEIGHTS_DIR = Path(__file__).parent.parent / "weights"
-STAGES = ("vae", "base", "aid", "distill")
+STAGES = ("vae", "base", "aid", "distill", "decoder")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 
 
@@ -40,8 +41,9 @@ class ModelConfig:
     vae: a VAE folder replacing the SVD's own (the tiny base stage takes the VAE stage's output).
     text_encoder: "bundled:all-MiniLM-L6-v2", or a local CLIP text (or any HF text model) folder.
     states: "template", a JSON cache written by `foresight states`, or a local VLM folder.
-    init: an AID model folder (aid stage) whose trained weights the run starts from: a
-    continuation. Parts the folder lacks (say, a newly configured sentence token) keep their
+    init: an AID model folder whose trained weights the run starts from: a continuation (aid),
+    the teacher (distill), or the model whose decoder trains (decoder: its SVD, text encoder and
+    AID config are then the folder's, with `aid.decoder` added). Parts the folder lacks (say, a newly configured sentence token) keep their
     fresh initialisation; anything it holds that this config does not build is an error.
     Paths may use `{out}` (the run folder) and `{weights}` (the package's shipped models).
     """
@@ -137,7 +139,7 @@ class DistillConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    stage: Literal["vae", "base", "aid", "distill"] = "aid"
+    stage: Literal["vae", "base", "aid", "distill", "decoder"] = "aid"
     out: str = "runs/train"
     seed: int = 0
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"

@@ -6,6 +6,8 @@
         `model/`, an AID model folder that references the SVD folder instead of copying it.
 - distill: consistency distillation of an AID model folder into a one-branch few-step student
         (its AID weights + a UNet LoRA; `foresight.training.distill`); writes `model/` as aid does.
+- decoder: a frame-by-frame decoder (`AIDConfig.decoder`) for an AID model folder, trained to
+        reproduce the VAE's temporal decoder; writes `model/`, the folder's model with it.
 
 A stage's `forward(video, instructions, states, generator)` returns the loss, so the trainer
 wraps it in DDP as it is. Its parameters with `requires_grad` are exactly what trains and what a
@@ -14,7 +16,6 @@ checkpoint holds; everything else is frozen.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -24,9 +25,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from foresight.config import AIDConfig
 from foresight.loading import SVDComponents, build_tiny_svd, load_svd
-from foresight.model_dir import resolve_text_encoder, save_model_dir
+from foresight.model_dir import read_model_dir, resolve_text_encoder, save_model_dir
 from foresight.models.aid import AIDModel
 from foresight.models.encoders import TextEncoder
 from foresight.training.config import TrainConfig
@@ -182,8 +182,7 @@ class DistillStage(AIDStage):
         if cfg.model.aid.lora is None:
             raise ValueError("the distill stage needs model.aid.lora: the student's LoRA on the UNet")
         super().__init__(cfg)
-        teacher_file = cfg.path(cfg.model.init) / "aid_config.json"
-        own = AIDConfig.from_dict(json.loads(teacher_file.read_text())["aid"]).sampler
+        own = read_model_dir(cfg.path(cfg.model.init)).aid.sampler
         d = cfg.distill
         self.guidance = own.resolve(guidance_frame=d.guidance_frame, guidance_text=d.guidance_text)
         self.params = {n: p for n, p in self.named_parameters() if p.requires_grad}
@@ -212,8 +211,65 @@ class DistillStage(AIDStage):
             self.loss.motion_weight)
 
 
-STAGE_MODULES = {"vae": VAEStage, "base": BaseStage, "aid": AIDStage, "distill": DistillStage}
+class DecoderStage(AIDStage):
+    """The `decoder` stage: the frame decoder of `model.init`'s model trains alone, on latents drawn
+    from the VAE's posterior of training clips, to give the VAE's temporal decoder's frames
+    (L1 + L2); nothing else changes (`resolve_config` made the job's model the folder's)."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        if cfg.model.aid.decoder is None:
+            raise ValueError("the decoder stage needs model.aid.decoder: the frame decoder it trains")
+        super().__init__(cfg)
+        self.model.requires_grad_(False)
+        self.model.decoder.requires_grad_(True)
+
+    def train(self, mode: bool = True) -> DecoderStage:
+        super().train(mode)
+        self.model.eval()
+        self.model.decoder.train(mode)
+        return self
+
+    def forward(self, video: torch.Tensor, instructions: Sequence[str], states: Sequence[Sequence[str]],
+                generator: torch.Generator) -> torch.Tensor:
+        model = self.model
+        x = video.to(model.device, model.dtype)
+        with torch.no_grad():
+            posterior = model.vae.encode(x.flatten(0, 1)).latent_dist
+            z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator).to(x)
+            z = z.unflatten(0, x.shape[:2])
+            target = model.temporal_decode(z).float()
+        pred = model.decoder(z).float()
+        return (pred - target).abs().mean() + ((pred - target) ** 2).mean()
+
+    def enable_gradient_checkpointing(self) -> None:
+        self.model.decoder.enable_gradient_checkpointing()
+
+    def write_output(self, cfg: TrainConfig, folder: Path) -> Path:
+        spec = read_model_dir(cfg.path(cfg.model.init))
+        save_model_dir(self.model, folder / "model", svd=str(spec.svd), text_encoder=spec.text_encoder,
+                       states=spec.states)
+        return folder / "model"
 
 
-def build_stage(cfg: TrainConfig) -> VAEStage | BaseStage | AIDStage | DistillStage:
+def resolve_config(cfg: TrainConfig) -> TrainConfig:
+    """The job as it runs: a decoder job's model is its `model.init` folder's (SVD, text encoder,
+    AID config, with the job's `aid.decoder`), its clips described by templates (the decoder
+    never reads them); every other job as written."""
+    if cfg.stage != "decoder":
+        return cfg
+    if not cfg.model.init:
+        raise ValueError("the decoder stage needs model.init: the AID model folder whose decoder it trains")
+    spec = read_model_dir(cfg.path(cfg.model.init))
+    if spec.text_encoder is None:
+        raise ValueError(f"model.init: {cfg.model.init} is a text-free base; the decoder stage takes an AID model")
+    aid = replace(spec.aid, decoder=cfg.model.aid.decoder)
+    return replace(cfg, model=replace(cfg.model, svd=str(spec.svd), vae="", text_encoder=spec.text_encoder, states="template",
+                                      aid=aid))
+
+
+STAGE_MODULES = {"vae": VAEStage, "base": BaseStage, "aid": AIDStage, "distill": DistillStage,
+                 "decoder": DecoderStage}
+
+
+def build_stage(cfg: TrainConfig) -> VAEStage | BaseStage | AIDStage | DistillStage | DecoderStage:
     return STAGE_MODULES[cfg.stage](cfg)

@@ -38,7 +38,7 @@ from foresight.training.data import (
     SimulatorEpisodes,
     clip_loader,
 )
-from foresight.training.stages import build_stage
+from foresight.training.stages import build_stage, resolve_config
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +71,7 @@ def checkpoints(out: Path) -> list[tuple[int, Path]]:
 
 def train(cfg: TrainConfig) -> Path:
     """Run (or resume) one job; returns the output it wrote (a model, SVD or VAE folder)."""
+    cfg = resolve_config(cfg)
     out = Path(cfg.out)
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),  # lets torchrun-started CPU processes find each other (gloo)
@@ -269,7 +270,7 @@ def command_line() -> str:
 def validate_with_ema(accelerator: Accelerator, module, ema, params, cfg: TrainConfig, step: int,
                       decomposer: StateDecomposer) -> None:
     """Validation on the main process, with the EMA weights swapped in when there are any."""
-    if accelerator.is_main_process and cfg.stage in ("aid", "distill"):
+    if accelerator.is_main_process and cfg.stage in ("aid", "distill", "decoder"):
         from foresight.training.validation import validate
 
         if ema is not None:
