@@ -67,8 +67,9 @@ def weights_sha256(module: nn.Module, precision: str) -> str:
 
 
 def graph_modules(model: nn.Module) -> dict[str, nn.Module]:
-    """The exported parts of an AIDModel, by graph name (a text-free base has no DQFormer)."""
-    parts = {"unet": model.unet, "vae_decoder": model.vae}
+    """The exported parts of an AIDModel, by graph name (a text-free base has no DQFormer; the
+    VAE-decoder graph is the frame decoder where the model has one)."""
+    parts = {"unet": model.unet, "vae_decoder": model.vae if model.decoder is None else model.decoder}
     return parts | ({} if model.dqformer is None else {"dqformer": model.dqformer})
 
 

@@ -158,11 +158,12 @@ class DQFormerGraph(nn.Module):
 
 
 class VaeDecoderGraph(nn.Module):
-    """`AIDModel.vae_decode`: SVD's temporal decoder over (B, F) clips of unscaled latents."""
+    """`AIDModel.vae_decode` over (B, F) clips of unscaled latents: the model's frame decoder, or
+    SVD's temporal decoder."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.vae = model.vae
+        self.vae = model.vae if model.decoder is None else model.decoder
         self.decode = model.vae_decode
 
     def forward(self, latents) -> torch.Tensor:

@@ -107,6 +107,9 @@ def cmd_params(args: argparse.Namespace) -> None:
             from foresight.training.config import load_jobs
 
             job = load_jobs(args.config)[-1]
+            if args.train and job.stage not in ("aid", "distill"):
+                raise SystemExit(f"--train models the aid and distill stages' steps; {args.config} is a "
+                                 f"{job.stage} stage (use --memory for its model's requests)")
             if job.model.aid.dqformer is not None and job.model.aid.dqformer.width != 1024:
                 raise SystemExit(f"{args.config} is not a config for the real SVD (its DQFormer width "
                                  f"{job.model.aid.dqformer.width} != SVD's cross-attention width 1024)")

@@ -29,6 +29,7 @@ from transformers import (
 
 from foresight.config import AIDConfig, UNetLoRAConfig
 from foresight.models.adapters import AIDAdapters
+from foresight.models.decoder import FrameDecoder
 from foresight.models.dqformer import DQFormer
 from foresight.models.unet import AdaptedUNet
 from foresight.pipeline import DECODE_CHUNK_SIZE
@@ -126,6 +127,7 @@ class Modules:
     image_encoder: torch.nn.Module
     text: torch.nn.Module
     dqformer: DQFormer | None
+    decoder: FrameDecoder | None = None  # the config's frame decoder, where it has one
 
 
 def build_modules(arch: Architecture, frozen_dtype: torch.dtype, trainable_dtype: torch.dtype) -> Modules:
@@ -135,11 +137,14 @@ def build_modules(arch: Architecture, frozen_dtype: torch.dtype, trainable_dtype
         vae = AutoencoderKLTemporalDecoder.from_config(arch.vae)
         image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**arch.image_encoder))
         text = _text_model(arch.text_encoder)
+        dec = arch.config.decoder
+        decoder = None if dec is None else FrameDecoder(dec, vae.config.latent_channels,
+                                                        len(vae.config.block_out_channels), vae.config.scaling_factor)
     with _default_dtype(trainable_dtype):
         adapted = AdaptedUNet(unet, arch.config.adapters, dtype=trainable_dtype)
         dq = arch.config.dqformer
         dqformer = None if dq is None else DQFormer(dq, arch.config.num_frames)
-    return Modules(adapted, vae, image_encoder, text, dqformer)
+    return Modules(adapted, vae, image_encoder, text, dqformer, decoder)
 
 
 def lora_parameters(unet: torch.nn.Module, lora: UNetLoRAConfig) -> int:
@@ -160,6 +165,7 @@ def weight_bytes(modules: Modules) -> dict[str, int]:
         "adapters": size(modules.unet.adapters),
         "dqformer": size(modules.dqformer),
         "vae": size(modules.vae),
+        "frame_decoder": size(modules.decoder),
         "image_encoder": size(modules.image_encoder),
         "text_encoder": size(modules.text),
     }
@@ -225,7 +231,7 @@ def request_memory(arch: Architecture, batch: int, dtype: torch.dtype,
     each stage counts its inputs and what the request holds meanwhile (conditions, sampler
     state in float32, decoded frames). decode_chunk: the pipeline's `decode_chunk_size`, frames
     per VAE decode call counting each clip's two repeated end latents, in whole clips and at least
-    one (None: all M clips at once).
+    one (None: all M clips at once). A config with a frame decoder decodes with it (no repeats).
     """
     cfg = arch.config
     if batch < 1:
@@ -233,7 +239,7 @@ def request_memory(arch: Architecture, batch: int, dtype: torch.dtype,
     m, n, k, ns = batch, cfg.num_frames, cfg.context_frames, cfg.num_states
     with FakeTensorMode(), torch.no_grad():
         mods = build_modules(arch, dtype, dtype)
-        for module in (mods.unet, mods.vae, mods.image_encoder, mods.text, mods.dqformer):
+        for module in (mods.unet, mods.vae, mods.image_encoder, mods.text, mods.dqformer, mods.decoder):
             if module is not None:
                 module.requires_grad_(False)  # inference: MemTracker then tracks no gradients
         weights = weight_bytes(mods)
@@ -241,9 +247,10 @@ def request_memory(arch: Architecture, batch: int, dtype: torch.dtype,
         h, w = cfg.height // f, cfg.width // f
         width = mods.unet.config.cross_attention_dim
         tokens = context_tokens(cfg)
-        decoded = m * (n + 2)  # AIDModel.vae_decode repeats the first and last latent
-        clips_per_call = m if decode_chunk is None else min(m, max(1, decode_chunk // (n + 2)))
-        chunk = clips_per_call * (n + 2)
+        per_clip = n + 2 if mods.decoder is None else n  # the temporal decoder repeats the first and last latent
+        decoded = m * per_clip
+        clips_per_call = m if decode_chunk is None else min(m, max(1, decode_chunk // per_clip))
+        chunk = clips_per_call * per_clip
         size = mods.image_encoder.config.image_size
 
         def text() -> None:
@@ -272,7 +279,10 @@ def request_memory(arch: Architecture, batch: int, dtype: torch.dtype,
 
         def decode() -> None:
             frames = torch.empty(decoded, 3, cfg.height, cfg.width, dtype=dtype)  # the request's output
-            mods.vae.decode(torch.zeros(chunk, 4, h, w, dtype=dtype), num_frames=n + 2)
+            if mods.decoder is None:
+                mods.vae.decode(torch.zeros(chunk, 4, h, w, dtype=dtype), num_frames=n + 2)
+            else:
+                mods.decoder(torch.zeros(clips_per_call, n, 4, h, w, dtype=dtype))
             del frames
 
         stages = {}

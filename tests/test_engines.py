@@ -238,17 +238,21 @@ def test_engines_fit_a_config_that_differs_only_in_sampler_fields_or_new_default
     and a folder may change its default steps, scales or solver and keep its engines."""
     from dataclasses import replace
 
-    from foresight.config import UNetLoRAConfig
-    from foresight.engines.manifest import same_graph_config
+    from dataclasses import fields
+
+    from foresight.config import FrameDecoderConfig, SamplerSettings, UNetLoRAConfig
+    from foresight.engines.manifest import SAMPLER_FIELDS, same_graph_config
     from foresight.model_dir import TINY_RANDOM_AID
 
+    assert set(SAMPLER_FIELDS) == {f.name for f in fields(SamplerSettings)}  # what only the sampler reads
     old = TINY_RANDOM_AID.to_dict()
-    del old["lora"]
+    del old["lora"], old["decoder"]
     def fits(config) -> bool:
         return same_graph_config(old, config.to_dict())
 
     assert fits(TINY_RANDOM_AID) and fits(replace(TINY_RANDOM_AID, steps=2, guidance_text=1.0, solver="heun"))
     assert not fits(replace(TINY_RANDOM_AID, height=32, width=32))
     assert not fits(replace(TINY_RANDOM_AID, lora=UNetLoRAConfig(rank=4)))
+    assert not fits(replace(TINY_RANDOM_AID, decoder=FrameDecoderConfig(channels=8, blocks=(1, 1, 1))))
     assert not same_graph_config(old | {"unknown_field": 1}, TINY_RANDOM_AID.to_dict())
     assert not same_graph_config(None, TINY_RANDOM_AID.to_dict())

@@ -78,3 +78,33 @@ def test_sigterm_drains_in_flight_work_then_exits_cleanly() -> None:
             proc.kill()
             proc.wait()
         ctx.destroy(linger=0)  # closes sockets an assertion left open; term() would hang
+
+
+# A node whose Python-level SIGTERM handler does nothing: Python may run a handler late (only when
+# the main thread gets to it); the node must stop on the signal itself, not on its handler.
+SILENT_HANDLERS = """
+import signal, sys
+install = signal.signal
+signal.signal = lambda sig, handler: install(sig, (lambda *_: None) if callable(handler) else handler)
+from foresight.node.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_signal_stops_the_node_whenever_python_gets_to_its_handler() -> None:
+    proc = subprocess.Popen(
+        [SERVE_COMMAND[0], "-c", SILENT_HANDLERS, "--model", "tiny-random", "--bind", "tcp://127.0.0.1:*"],
+        stderr=subprocess.PIPE, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"},
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
+    try:
+        started = time.monotonic()
+        while "listening on" not in lines.get(timeout=STARTUP_S - (time.monotonic() - started)):
+            pass
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

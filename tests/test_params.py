@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -89,6 +90,13 @@ def test_request_memory_of_the_real_config():
     chunked = request_memory(arch, 2, torch.bfloat16, decode_chunk=4)  # rounds up to one whole clip of N + 2
     assert chunked["decode_chunk"] == 18
     assert chunked["activation_peak_bytes"]["decode"] < 0.7 * two["activation_peak_bytes"]["decode"]
+    # with TAESD's frame decoder (svd-bridge-decoder): ~1.2 M weights, a fraction of the temporal decoder's peak
+    from foresight.config import FrameDecoderConfig
+
+    tiny_decoder = replace(arch, config=replace(arch.config, decoder=FrameDecoderConfig()))
+    framewise = request_memory(tiny_decoder, 2, torch.bfloat16, decode_chunk=None)
+    assert 1.0e6 < framewise["weights_bytes"]["frame_decoder"] / 2 < 1.4e6 and one["weights_bytes"]["frame_decoder"] == 0
+    assert framewise["activation_peak_bytes"]["decode"] < 0.5 * two["activation_peak_bytes"]["decode"]
 
 
 def count_trainable_bytes(arch) -> int:

@@ -76,6 +76,8 @@ INLINE_BYTES = 64 * 2**10  # bodies this small are decoded on the front's own th
 INTAKE_THREADS = 2  # threads decoding larger messages (images, raw frames)
 INTAKE_MESSAGES = 2  # maximal messages that may wait for or be in intake before OVERLOADED
 TRIM_EVERY_S = 2.0  # with no work in the node, freed memory goes back to the system this often (foresight.node.memory)
+WAKE_BYTE = b"x"  # what stop() writes to the wake-up pipe; C's signal handler writes the signal's number
+STOP_SIGNALS = frozenset({int(signal.SIGINT), int(signal.SIGTERM)})  # signals that stop a node run from the main thread
 DROP_WARN_EVERY_S = 10.0  # dropped replies are counted each, and logged at most this often
 DEFAULT_MAX_UNREAD_REPLIES = 16  # replies held for one client that does not read them; later ones are dropped
 
@@ -186,8 +188,10 @@ class NodeServer:
 
     def _wake(self) -> None:
         try:
-            os.write(self._wake_w, b"x")
+            os.write(self._wake_w, WAKE_BYTE)
         except BlockingIOError:  # pipe full: a wake-up is already pending
+            return
+        except OSError:  # the pipe is closed: the node has stopped
             return
 
     @property
@@ -196,8 +200,15 @@ class NodeServer:
         with self._intake_lock:
             return self._intake_count + self._worker.health()["pending"]
 
-    def run(self) -> None:
-        """Serve until stop(); then finish accepted work, send its replies and close."""
+    def run(self, stop_on_signals: bool = False) -> None:
+        """Serve until stop(); then finish accepted work, send its replies and close.
+
+        stop_on_signals (main thread only): also stop on SIGINT/SIGTERM as soon as they arrive.
+        Python runs a signal's handler in the main thread only when that thread next gets to it,
+        which a busy process may delay until its work is done; C's handler writes the signal's
+        number to the wake-up pipe at once (`signal.set_wakeup_fd`), and the poll loop sees it.
+        """
+        previous_fd = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False) if stop_on_signals else None
         self._worker.start()
         log.info("listening on %s (model %dx%d, N=%d, K=%d)", self.endpoint, self.geometry.height, self.geometry.width,
                  self.geometry.num_frames, self.geometry.context_frames)
@@ -212,8 +223,8 @@ class NodeServer:
                 if not events and time.monotonic() - trimmed > TRIM_EVERY_S and self.pending == 0:
                     memory.trim()  # idle: hand back what replies, frames and closed connections freed
                     trimmed = time.monotonic()
-                if self._wake_r in events:
-                    self._clear_wake()
+                if self._wake_r in events and self._clear_wake() & STOP_SIGNALS:
+                    self._stopping.set()
                 self._flush_replies()
                 if self._socket in events:
                     self._receive_burst()
@@ -231,6 +242,8 @@ class NodeServer:
                         log.warning("drain timed out with %d requests pending", self.pending)
                         break
         finally:
+            if previous_fd is not None:
+                signal.set_wakeup_fd(previous_fd)
             self._close()
 
     def _close(self) -> None:
@@ -245,12 +258,15 @@ class NodeServer:
         os.close(self._wake_w)
         log.info("stopped after serving %d requests", self._served)
 
-    def _clear_wake(self) -> None:
+    def _clear_wake(self) -> set[int]:
+        """Empty the wake-up pipe; returns the bytes read (signal numbers among them)."""
+        seen: set[int] = set()
         try:
-            while os.read(self._wake_r, 4096):
-                pass
+            while chunk := os.read(self._wake_r, 4096):
+                seen.update(chunk)
         except BlockingIOError:
-            return
+            pass
+        return seen
 
     def _flush_replies(self) -> None:
         while True:
@@ -452,7 +468,7 @@ def serve(worker: Worker | Predictor, config: ServerConfig = ServerConfig()) -> 
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, lambda signum, frame: server.stop())
     try:
-        server.run()
+        server.run(stop_on_signals=in_main)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -40,7 +40,7 @@ DESCRIPTIONS = {
     "tiny": "AID on a small SVD-architecture model, trained on the tabletop simulator",
     "tiny-turbo": "the embedded tiny distilled into a one-branch student that samples in 4 consistency steps",
 }
-SHIPPED_STAGES = ("aid", "distill")
+SHIPPED_STAGES = ("aid", "distill", "decoder")
 
 
 def halve_safetensors(folder: Path) -> None:

@@ -163,8 +163,12 @@ def continue_from(model: AIDModel, folder: Path) -> None:
     state = load_file(str(weights))
     fresh = {k: v for k, v in model.aid_state_dict().items() if k not in state}
     model.load_aid_weights(state | fresh)
+    names = sorted(fresh)
+    if len(names) > 5:  # a whole new part (a frame decoder): by part, not by tensor
+        parts = sorted({k.split(".")[0] for k in names})
+        names = [f"{p}.* ({sum(k.startswith(p + '.') for k in fresh)} tensors)" for p in parts]
     logger.info("continuing from %s (%d tensors); newly initialised: %s", folder, len(state),
-                ", ".join(sorted(fresh)) or "nothing")
+                ", ".join(names) or "nothing")
 
 
 class DistillStage(AIDStage):
