@@ -58,6 +58,7 @@ from foresight.export.onnx_export import (
     GraphShapes,
     export_graph,
     graph_io,
+    to_float16,
     graph_shapes,
 )
 from foresight.export.tensorrt_build import Profile, build_engine
@@ -214,18 +215,17 @@ def plan_build(config: BuildConfig, reference: nn.Module, device: torch.device) 
 
 
 def export_onnx(config: BuildConfig, plan: Plan, reference: nn.Module) -> dict[str, list[Path]]:
-    """Stage 2: every graph to ONNX; fp16 graphs come from a second, half-precision instance."""
-    # a second instance: converting the reference in place would round it
-    exported = _load(config, plan.device).half() if config.precision == "fp16" else reference
+    """Stage 2: every graph to ONNX, traced from the fp32 reference; an fp16 graph is its fp32
+    graph converted (`to_float16`), so no half-precision model is ever traced."""
     files = {}
     for graph in graph_modules(reference):
-        source = exported if plan.precisions[graph] == config.precision else reference
+        path = Path(config.out) / f"{graph}.onnx"
         # traced at the fewest frames: frames are a dynamic axis, the check runs both ends, and the
-        # trace's forward pass costs 8x less at 16 frames (fp16 on a CPU runs emulated: at full size
-        # a trace at 16 frames had not finished in 15 minutes)
-        files[graph] = export_graph(graph, source, plan.shapes, plan.frames[0], Path(config.out) / f"{graph}.onnx",
-                                    config.opset, plan.attention)
-        logger.info("  %s -> %s", graph, ", ".join(p.name for p in files[graph]))
+        # trace's forward pass costs 8x less at 16 frames
+        files[graph] = export_graph(graph, reference, plan.shapes, plan.frames[0], path, config.opset, plan.attention)
+        if plan.precisions[graph] == "fp16":
+            files[graph] = to_float16(path)
+        logger.info("  %s -> %s (%s)", graph, ", ".join(p.name for p in files[graph]), plan.precisions[graph])
     return files
 
 

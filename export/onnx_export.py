@@ -264,6 +264,21 @@ def _save(proto: onnx.ModelProto, path: Path) -> list[Path]:
     return files
 
 
+def to_float16(path: Path) -> list[Path]:
+    """Rewrite an fp32 graph file in fp16, inputs and outputs included (ONNX Runtime's converter,
+    `onnxruntime.transformers.float16`, which keeps ops without fp16 kernels, such as Range and
+    Resize's scales, in fp32 behind casts); returns the files written. Converting the traced fp32 graph instead of tracing a
+    half-precision model: on a CPU, a half model's trace runs its convolutions on slow reference
+    kernels (the full-size VAE decoder's had not finished in 20 minutes). The converter needs every
+    intermediate's type, which the path-based form infers on the file (graphs over 2 GB too)."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    half = OnnxModel(convert_float_to_float16(str(path), keep_io_types=False))
+    half.topological_sort()  # the converter appends its casts at the end; ONNX wants producers first
+    return _save(half.model, path)
+
+
 @torch.no_grad()
 def export_graph(
     graph: str, model: nn.Module, shapes: GraphShapes, frames: int, path: Path, opset: int = 17,
