@@ -6,7 +6,8 @@ as model folders and pass them with `--model DIR`.
 
 A run is a chain folder (`foresight train tiny --out RUN`: RUN/vae, RUN/base, RUN/aid, ...) or one
 stage's folder (`foresight train tiny-aid-reword --out RUN`, `foresight train tiny-turbo --out
-RUN`). The shipped model is the run's last AID or distill stage; its base is referenced where it
+RUN`, `foresight train tiny-turbo-decoder --out RUN`). The shipped model is the run's last AID,
+distill or decoder stage; its base is referenced where it
 already is a shipped folder (`tiny-svd`), else copied to `<name>-svd`. `--name tiny-turbo` ships
 a distilled run beside `tiny`, on the same base.
 
@@ -34,11 +35,14 @@ REPLAY = "foresight train tiny --out runs/tiny"
 REPLAYS = {
     "tiny": REPLAY,
     "tiny-turbo": f"{REPLAY} && foresight train tiny-turbo --out runs/tiny-turbo "
-                  "--set model.init=runs/tiny/aid-words/model --set model.svd=runs/tiny/base/svd",
+                  "--set model.init=runs/tiny/aid-words/model --set model.svd=runs/tiny/base/svd "
+                  "&& foresight train tiny-turbo-decoder --out runs/tiny-turbo-decoder "
+                  "--set model.init=runs/tiny-turbo/model",
 }
 DESCRIPTIONS = {
     "tiny": "AID on a small SVD-architecture model, trained on the tabletop simulator",
-    "tiny-turbo": "the embedded tiny distilled into a one-branch student that samples in 4 consistency steps",
+    "tiny-turbo": "the embedded tiny distilled into a one-branch student that samples in 4 consistency steps "
+                  "and decodes frame by frame (a small decoder trained against the VAE's temporal decoder)",
 }
 SHIPPED_STAGES = ("aid", "distill", "decoder")
 
