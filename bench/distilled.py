@@ -4,7 +4,8 @@ One single-instruction request, side by side in one run: the stock diffusers
 `StableVideoDiffusionPipeline` at its default 25 steps (2 CFG branches), the teacher's node at its
 defaults, and the student's node (ONNX Runtime on a CPU, TensorRT on a GPU, as the teacher's) at
 its own steps (a consistency sampler, one branch per step). Whole requests, everything around
-the UNet included: that is what a planner waits for.
+the UNet included: that is what a planner waits for. Each row names the VAE decoder its model
+decodes with (a frame decoder, `AIDConfig.decoder`, would speed the teacher alike).
 
 Then where each one's time goes, in process on the same engines: the UNet graph, the VAE-decoder
 graph, the DQFormer graph and the rest (encoders, sampler, resizing). The parts both models pay
@@ -109,7 +110,9 @@ def compare(student: str, teacher: ForesightPipeline, teacher_loaded: LoadedMode
     split = {"teacher": request_split(teacher_loaded, teacher_engine, frames, text, teacher_steps, plan.runs, sync),
              "student": request_split(student_loaded, student_engine, frames, text, student_steps, plan.runs, sync)}
     student_t = timings["student"]
-    return {"student": student, "backend": engine_name, "solver": info["defaults"]["solver"],
+    decoders = {name: "frame decoder" if m.config.decoder is not None else "temporal decoder"
+                for name, m in (("teacher", teacher_loaded.model), ("student", student_loaded.model))}
+    return {"student": student, "backend": engine_name, "solver": info["defaults"]["solver"], "decoders": decoders,
             "student_steps": student_steps, "teacher_steps": teacher_steps, "stock_steps": stock_steps,
             "timings": timings, "split": split,
             "ratio_to_stock": student_t.median / timings["stock"].median,

@@ -48,11 +48,13 @@ def diffusers_rows(d: dict) -> list[str]:
 
 def distilled_rows(d: dict) -> list[str]:
     s, t = "8 distilled", d["timings"]
+    dec = d.get("decoders", {"teacher": "temporal decoder", "student": "temporal decoder"})
     return [
         row(s, f"stock `StableVideoDiffusionPipeline`, {d['stock_steps']} steps", t["stock"], "reference"),
-        row(s, f"teacher node, {d['backend']}, {d['teacher_steps']} steps (its default)", t["teacher"],
-            f"{t['teacher'].median / t['stock'].median:.2f}x stock"),
-        row(s, f"student node ({d['student']}), {d['backend']}, {d['student_steps']} {d['solver']} steps, 1 branch",
+        row(s, f"teacher node, {d['backend']}, {d['teacher_steps']} steps (its default), {dec['teacher']}",
+            t["teacher"], f"{t['teacher'].median / t['stock'].median:.2f}x stock"),
+        row(s, f"student node ({d['student']}), {d['backend']}, {d['student_steps']} {d['solver']} steps, 1 branch, "
+               f"{dec['student']}",
             t["student"], f"{d['ratio_to_stock']:.3f}x stock ({target(d['ratio_to_stock'], TARGET_TO_STOCK, True)}); "
                           f"{d['ratio_to_teacher']:.2f}x teacher ({target(d['ratio_to_teacher'], TARGET_TO_TEACHER, True)})"),
     ] + [split_row(s, name, d["split"][name], d["split"]["teacher"]["total_s"]) for name in ("teacher", "student")]
