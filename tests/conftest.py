@@ -1,7 +1,7 @@
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -31,6 +31,23 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def run_job() -> Callable[[Path], Path]:
+    """Runs a training job file as `foresight train FILE` would: each job its own run (a fresh
+    accelerate state); returns what it wrote."""
+    from accelerate.state import AcceleratorState
+
+    from foresight.training.config import load_jobs
+    from foresight.training.trainer import train
+
+    def run(path: Path) -> Path:
+        AcceleratorState._reset_state(True)
+        (cfg,) = load_jobs(str(path))
+        return train(cfg)
+
+    return run
 
 
 @pytest.fixture(scope="session")

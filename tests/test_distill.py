@@ -24,7 +24,6 @@ from foresight.models.aid import AIDModel
 from foresight.models.encoders import TextEncoder, bundled_text_encoder_path
 from foresight.training.config import load_jobs
 from foresight.training.stages import DistillStage
-from foresight.training.trainer import train
 
 pytestmark = [pytest.mark.xdist_group("distill"), pytest.mark.usefixtures("one_torch_thread")]
 
@@ -52,14 +51,6 @@ def job(tmp: Path, teacher: Path, name: str, steps: int = 2) -> Path:
     path = tmp / f"{name}.json"
     path.write_text(json.dumps(data))
     return path
-
-
-def run(path: Path) -> Path:
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(True)
-    (cfg,) = load_jobs(str(path))
-    return train(cfg)
 
 
 def _student_with_lora(seed: int = 0) -> AIDModel:
@@ -144,15 +135,15 @@ def test_distill_loss_falls_on_a_fixed_batch(teacher, tmp_path):
     assert any(not torch.equal(stage.teacher[n], p) for n, p in stage.params.items())
 
 
-def test_distill_resumes_bit_identically_and_writes_a_student_folder(teacher, tmp_path, caplog):
+def test_distill_resumes_bit_identically_and_writes_a_student_folder(teacher, tmp_path, caplog, run_job):
     caplog.set_level(logging.INFO, logger="foresight.training.trainer")
-    whole = run(job(tmp_path, teacher, "whole"))
+    whole = run_job(job(tmp_path, teacher, "whole"))
     assert "step 2 validation: follow_rate" in caplog.text  # the student, sampled as its folder will say
     cut = job(tmp_path, teacher, "cut")
-    run(cut)
+    run_job(cut)
     shutil.rmtree(tmp_path / "cut" / "checkpoints" / "checkpoint-2")  # as if killed after step 1
     shutil.rmtree(tmp_path / "cut" / "model")
-    resumed = run(cut)
+    resumed = run_job(cut)
     a, b = load_file(str(whole / "aid.safetensors")), load_file(str(resumed / "aid.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # the folder: AID weights + the LoRA, no frozen UNet weight; its config names its sampler

@@ -23,7 +23,6 @@ from foresight.models.aid import AIDModel
 from foresight.models.encoders import TextEncoder, bundled_text_encoder_path
 from foresight.training.config import load_jobs
 from foresight.training.stages import DecoderStage, resolve_config
-from foresight.training.trainer import train
 
 pytestmark = [pytest.mark.xdist_group("frame-decoder"), pytest.mark.usefixtures("one_torch_thread")]
 
@@ -55,14 +54,6 @@ def job(tmp: Path, init: Path, name: str, steps: int = 3) -> Path:
     path = tmp / f"{name}.json"
     path.write_text(json.dumps(data))
     return path
-
-
-def run(path: Path) -> Path:
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(True)
-    (cfg,) = load_jobs(str(path))
-    return train(cfg)
 
 
 def test_the_frame_decoder_decodes_each_frame_alone_and_round_trips_a_folder(folder, tmp_path):
@@ -103,15 +94,15 @@ def test_the_decoder_stage_lowers_its_loss_on_a_fixed_batch(folder, tmp_path):
     assert losses[-1] < 0.7 * losses[0], losses
 
 
-def test_a_decoder_run_resumes_bit_identically_and_changes_only_the_decoder(folder, tmp_path, caplog):
+def test_a_decoder_run_resumes_bit_identically_and_changes_only_the_decoder(folder, tmp_path, caplog, run_job):
     caplog.set_level(logging.INFO, logger="foresight.training.trainer")
-    whole = run(job(tmp_path, folder, "whole"))
+    whole = run_job(job(tmp_path, folder, "whole"))
     assert "step 3 validation: follow_rate" in caplog.text  # the model samples and decodes with it
     cut = job(tmp_path, folder, "cut")
-    run(cut)
+    run_job(cut)
     shutil.rmtree(tmp_path / "cut" / "checkpoints" / "checkpoint-3")  # as if killed after step 2
     shutil.rmtree(tmp_path / "cut" / "model")
-    resumed = run(cut)
+    resumed = run_job(cut)
     a, b = load_file(str(whole / "aid.safetensors")), load_file(str(resumed / "aid.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     before = load_file(str(folder / "aid.safetensors"))

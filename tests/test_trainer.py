@@ -22,7 +22,7 @@ from foresight.training.config import load_jobs
 from foresight.training.data import RecordedEpisodes
 from foresight.training.loss import aid_loss
 from foresight.training.stages import AIDStage
-from foresight.training.trainer import cast_frozen, train
+from foresight.training.trainer import cast_frozen
 from sim_bridge.common.imaging import fit_frames
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,32 +61,24 @@ def job(tmp: Path, svd: Path, name: str, **sections) -> Path:
     return path
 
 
-def run(path: Path) -> Path:
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(True)  # each job is its own run, as from the command line
-    (cfg,) = load_jobs(str(path))
-    return train(cfg)
-
-
-def test_resumed_run_equals_uninterrupted_run(tmp_path, svd_folder):
-    whole = run(job(tmp_path, svd_folder, "whole", ema_decay=0.9))
+def test_resumed_run_equals_uninterrupted_run(tmp_path, svd_folder, run_job):
+    whole = run_job(job(tmp_path, svd_folder, "whole", ema_decay=0.9))
     cut = job(tmp_path, svd_folder, "cut", ema_decay=0.9)
-    run(cut)
+    run_job(cut)
     # as if killed after the checkpoint of step 2
     import shutil
 
     shutil.rmtree(tmp_path / "cut" / "checkpoints" / "checkpoint-4")
     shutil.rmtree(tmp_path / "cut" / "model")
-    resumed = run(cut)
+    resumed = run_job(cut)
     a, b = load_file(str(whole / "aid.safetensors")), load_file(str(resumed / "aid.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     start = load_file(str(tmp_path / "cut" / "checkpoints" / "checkpoint-2" / "trainable.safetensors"))
     assert any(not torch.equal(start[f"model.{k}"], a[k]) for k in a if f"model.{k}" in start)
 
 
-def test_checkpoints_and_outputs_hold_only_trained_weights(tmp_path, svd_folder):
-    out = run(job(tmp_path, svd_folder, "run"))
+def test_checkpoints_and_outputs_hold_only_trained_weights(tmp_path, svd_folder, run_job):
+    out = run_job(job(tmp_path, svd_folder, "run"))
     model = load_model_dir(out).model
     trained = {k for k, p in model.named_parameters() if p.requires_grad}
     ckpt = tmp_path / "run" / "checkpoints" / "checkpoint-4"
@@ -127,7 +119,7 @@ def test_bf16_autocast_step_moves_only_trainable_fp32_weights(svd_folder, tmp_pa
     assert sum(not torch.equal(b, p) for b, p in zip(before, params)) > len(params) // 2
 
 
-def test_loss_falls_on_a_fixed_recorded_clip(tmp_path, svd_folder):
+def test_loss_falls_on_a_fixed_recorded_clip(tmp_path, svd_folder, run_job):
     """One 8-frame Bridge trajectory is one fixed clip; the loss on it, with fixed noise, must fall."""
     tree = bridge_tree(tmp_path / "bridge", trajectories=1)
     path = job(tmp_path, svd_folder, "fit", data={"source": str(tree)}, checkpoint_every=100,
@@ -144,7 +136,7 @@ def test_loss_falls_on_a_fixed_recorded_clip(tmp_path, svd_folder):
 
     torch.manual_seed(0)
     before = fixed_loss(AIDStage(cfg).eval())
-    out = run(path)
+    out = run_job(path)
     stage = AIDStage(cfg).eval()
     stage.model.load_aid_weights(out / "aid.safetensors")
     after = fixed_loss(stage)
@@ -188,7 +180,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(svd_folder, tmp_path):
     assert all(recomputed[k] is not None and torch.allclose(plain[k], recomputed[k], atol=1e-6) for k in plain)
 
 
-def test_lerobot_dataset_from_the_simulator_trains_through_the_data_path(tmp_path, svd_folder):
+def test_lerobot_dataset_from_the_simulator_trains_through_the_data_path(tmp_path, svd_folder, run_job):
     """Issue 24: a LeRobot v3 dataset written by `python -m sim_bridge.simulator.tabletop --format lerobot`
     feeds the trainer through the same episode readers as every other format."""
     from sim_bridge.simulator.tabletop import main as simulate
@@ -196,18 +188,18 @@ def test_lerobot_dataset_from_the_simulator_trains_through_the_data_path(tmp_pat
     dataset = tmp_path / "lerobot"
     simulate(["--n", "3", "--seed", "0", "--size", "64", "--frames", "10", "--out", str(dataset),
               "--format", "lerobot"])
-    out = run(job(tmp_path, svd_folder, "lerobot", data={"source": str(dataset)}))
+    out = run_job(job(tmp_path, svd_folder, "lerobot", data={"source": str(dataset)}))
     logged = json.loads((tmp_path / "lerobot" / "stats.json").read_text())
     assert logged["steps"] == 4 and np.isfinite(logged["final_loss"])
     assert load_file(str(out / "aid.safetensors")).keys() == load_model_dir(out).model.aid_state_dict().keys()
 
 
-def test_continuation_starts_from_a_model_folder_and_adds_the_sentence_token(tmp_path, svd_folder):
+def test_continuation_starts_from_a_model_folder_and_adds_the_sentence_token(tmp_path, svd_folder, run_job):
     """Issue 22: a stage continues a finished model (model.init); a part the folder lacks (here the
     sentence token) starts zero-initialised, and a folder with parts this config lacks is refused."""
     aid = TINY_RANDOM_AID.to_dict()
     aid["dqformer"]["sentence_token"] = False
-    first = run(job(tmp_path, svd_folder, "first", model={"svd": str(svd_folder), "aid": aid}))
+    first = run_job(job(tmp_path, svd_folder, "first", model={"svd": str(svd_folder), "aid": aid}))
     aid["dqformer"]["sentence_token"] = True
     (cfg,) = load_jobs(str(job(tmp_path, svd_folder, "next", model={"init": str(first), "aid": aid})))
     state = AIDStage(cfg).model.aid_state_dict()
