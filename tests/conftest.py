@@ -11,7 +11,7 @@ from foresight_client.client import ForesightClient
 from hypothesis import HealthCheck, settings
 
 from foresight.loading import build_tiny_svd
-from foresight.model_dir import build_tiny_random
+from foresight.model_dir import build_tiny_random, save_model_dir
 from foresight.node.process import running_node
 
 logging.getLogger("transformers").setLevel(logging.ERROR)
@@ -31,6 +31,16 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_random_folder(tmp_path_factory) -> Path:
+    """tiny-random as a model folder (`model/`) with its SVD folder beside it (`svd/`)."""
+    root = tmp_path_factory.mktemp("tiny-random-folder")
+    model = build_tiny_random()
+    model.svd_components().save_pretrained(root / "svd")
+    save_model_dir(model, root / "model", svd=str(root / "svd"))
+    return root / "model"
 
 
 @pytest.fixture(scope="session")

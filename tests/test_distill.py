@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from foresight.config import UNetLoRAConfig
 from foresight.diffusion.edm import Denoiser
 from foresight.loading import build_tiny_svd
-from foresight.model_dir import TINY_RANDOM_AID, TINY_RANDOM_SVD, build_tiny_random, load_model_dir, save_model_dir
+from foresight.model_dir import TINY_RANDOM_AID, TINY_RANDOM_SVD, load_model_dir, save_model_dir
 from foresight.models.aid import AIDModel
 from foresight.models.encoders import TextEncoder, bundled_text_encoder_path
 from foresight.training.config import load_jobs
@@ -32,13 +32,9 @@ STUDENT = replace(TINY_RANDOM_AID, lora=UNetLoRAConfig(rank=4), solver="consiste
 
 
 @pytest.fixture(scope="module")
-def teacher(tmp_path_factory) -> Path:
-    """tiny-random as a model folder with its SVD beside it: s_V 1.5, s_T 3, guided at every level."""
-    root = tmp_path_factory.mktemp("teacher")
-    model = build_tiny_random()
-    model.svd_components().save_pretrained(root / "svd")
-    save_model_dir(model, root / "model", svd=str(root / "svd"))
-    return root / "model"
+def teacher(tiny_random_folder) -> Path:
+    """tiny-random's folder as the teacher: s_V 1.5, s_T 3, guided at every level."""
+    return tiny_random_folder
 
 
 def job(tmp: Path, teacher: Path, name: str, steps: int = 2) -> Path:

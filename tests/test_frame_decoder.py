@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from foresight.config import FrameDecoderConfig
 from foresight.loading import build_tiny_svd
-from foresight.model_dir import TINY_RANDOM_AID, TINY_RANDOM_SVD, build_tiny_random, load_model_dir, save_model_dir
+from foresight.model_dir import TINY_RANDOM_AID, TINY_RANDOM_SVD, load_model_dir, save_model_dir
 from foresight.models.aid import AIDModel
 from foresight.models.encoders import TextEncoder, bundled_text_encoder_path
 from foresight.training.config import load_jobs
@@ -30,13 +30,9 @@ DECODER = FrameDecoderConfig(channels=8, blocks=(1, 1, 1))  # tiny-random's VAE 
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory) -> Path:
-    """tiny-random as a model folder (no decoder) with its SVD beside it."""
-    root = tmp_path_factory.mktemp("model")
-    model = build_tiny_random()
-    model.svd_components().save_pretrained(root / "svd")
-    save_model_dir(model, root / "model", svd=str(root / "svd"))
-    return root / "model"
+def folder(tiny_random_folder) -> Path:
+    """tiny-random's folder: no frame decoder."""
+    return tiny_random_folder
 
 
 def _with_decoder(seed: int = 0, decoder: FrameDecoderConfig = DECODER) -> AIDModel:
