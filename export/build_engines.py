@@ -3,8 +3,9 @@
     python -m foresight.export.build_engines --model tiny-random --out engines/tiny-random
     python -m foresight.export.build_engines --model /models/aid --out /models/aid/engines --precision fp16 --max-batch 4
 
-Stages: load the model -> export ONNX graphs (dynamic batch and frames) -> the PyTorch model's
-outputs on fresh random inputs, kept on the host, then the model is freed -> check each graph in
+Stages: load the model -> export ONNX graphs (dynamic batch and frames, traced in fp32) -> the
+PyTorch model's outputs on fresh random inputs, kept on the host, then the model is freed ->
+convert the fp16 graphs (--precision fp16: the UNet and VAE decoder) -> check each graph in
 its own ONNX Runtime session against them, one at a time -> build TensorRT engines (strongly typed,
 one optimization profile for batch 1..3*max_batch: the three guidance branches are batched) and
 check each the same way -> write manifest.json. Each stage logs its wall time and the peak RSS.
@@ -215,17 +216,15 @@ def plan_build(config: BuildConfig, reference: nn.Module, device: torch.device) 
 
 
 def export_onnx(config: BuildConfig, plan: Plan, reference: nn.Module) -> dict[str, list[Path]]:
-    """Stage 2: every graph to ONNX, traced from the fp32 reference; an fp16 graph is its fp32
-    graph converted (`to_float16`), so no half-precision model is ever traced."""
+    """Stage 2: every graph to ONNX, traced from the fp32 reference (`to_fp16` converts the fp16
+    ones once the model is freed, so no half-precision model is ever traced)."""
     files = {}
     for graph in graph_modules(reference):
         path = Path(config.out) / f"{graph}.onnx"
         # traced at the fewest frames: frames are a dynamic axis, the check runs both ends, and the
         # trace's forward pass costs 8x less at 16 frames
         files[graph] = export_graph(graph, reference, plan.shapes, plan.frames[0], path, config.opset, plan.attention)
-        if plan.precisions[graph] == "fp16":
-            files[graph] = to_float16(path)
-        logger.info("  %s -> %s (%s)", graph, ", ".join(p.name for p in files[graph]), plan.precisions[graph])
+        logger.info("  %s -> %s", graph, ", ".join(p.name for p in files[graph]))
     return files
 
 
@@ -241,9 +240,21 @@ def references(config: BuildConfig, plan: Plan, reference: nn.Module) -> tuple[d
     return outputs, sources
 
 
+def to_fp16(plan: Plan, files: dict[str, list[Path]]) -> dict[str, list[Path]]:
+    """Stage 4: the graphs whose precision is fp16, converted in place (`to_float16`), after the
+    model is freed: at full size the conversion holds the fp32 UNet graph (6 GB) and its fp16
+    copy, which beside the model and the reference pass ran a 24 GiB machine out of memory."""
+    converted = dict(files)
+    for graph, precision in plan.precisions.items():
+        if graph in files and precision == "fp16":
+            converted[graph] = to_float16(files[graph][0])
+            logger.info("  %s -> %s (fp16)", graph, ", ".join(p.name for p in converted[graph]))
+    return converted
+
+
 def check_onnx(config: BuildConfig, plan: Plan, num_frames: int, onnx_files: dict[str, list[Path]],
                outputs: dict[str, list[Case]], sources: dict[str, str]) -> dict[str, dict]:
-    """Stage 4: each graph in its own ONNX Runtime session against the PyTorch outputs, one session
+    """Stage 5: each graph in its own ONNX Runtime session against the PyTorch outputs, one session
     at a time -> manifest entries per graph."""
     missing = onnxruntime_backend.missing_reason()
     if missing:
@@ -275,7 +286,7 @@ def check_onnx(config: BuildConfig, plan: Plan, num_frames: int, onnx_files: dic
 
 
 def tensorrt_skip_reason(plan: Plan, graphs: dict[str, dict]) -> str | None:
-    """Why stage 4 builds no engines, or None."""
+    """Why stage 6 builds no engines, or None."""
     if plan.trt_missing:
         return plan.trt_missing
     if plan.attention == "onnxruntime":
@@ -287,7 +298,7 @@ def tensorrt_skip_reason(plan: Plan, graphs: dict[str, dict]) -> str | None:
 
 def build_tensorrt(config: BuildConfig, plan: Plan, num_frames: int, onnx_files: dict[str, list[Path]],
                    graphs: dict[str, dict], outputs: dict[str, list[Case]]) -> None:
-    """Stage 5 (GPU path: untested here): build each engine and check it against the PyTorch
+    """Stage 6 (GPU path: untested here): build each engine and check it against the PyTorch
     outputs, one engine loaded at a time; record both in `graphs`.
 
     num_frames: the model's N (the DQFormer engine's output frames).
@@ -311,7 +322,7 @@ def build_tensorrt(config: BuildConfig, plan: Plan, num_frames: int, onnx_files:
 
 def manifest_for(config: BuildConfig, plan: Plan, aid_config: dict, graphs: dict[str, dict],
                  skip: str | None) -> dict:
-    """Stage 5's content: everything the loader checks before it uses a graph (foresight.engines.manifest)."""
+    """Stage 7's content: everything the loader checks before it uses a graph (foresight.engines.manifest)."""
     versions = library_versions()
     if skip is None:
         import tensorrt as trt
@@ -368,7 +379,7 @@ def build_engines(config: BuildConfig) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    stages = _Stages(6)
+    stages = _Stages(7)
 
     stages.next("loading %s on %s", config.model, device)
     reference = _load(config, device)
@@ -384,6 +395,10 @@ def build_engines(config: BuildConfig) -> dict:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+    stages.next("converting graphs to fp16: %s", ", ".join(g for g, p in plan.precisions.items() if p == "fp16")
+                or "none (an fp32 build)")
+    onnx_files = to_fp16(plan, onnx_files)
 
     stages.next("checking ONNX graphs with ONNX Runtime against PyTorch, one session at a time")
     graphs = check_onnx(config, plan, num_frames, onnx_files, outputs, sources)
