@@ -20,7 +20,7 @@ from rosbags.rosbag2 import Writer as Writer2
 from rosbags.typesys import Stores, get_typestore
 from test_bridge_raw import write_trajectory
 from test_replay import TIMEOUT_S, Echo, Node, check_outputs
-from test_trainer import job, run, svd_folder  # noqa: F401 (svd_folder is a fixture)
+from test_trainer import job, svd_folder  # noqa: F401 (svd_folder is a fixture)
 
 from sim_bridge.apps.replay import ReplayConfig, run_replay
 from sim_bridge.data.episode_io import EpisodeFormatError, write_episode
@@ -356,12 +356,12 @@ def test_bags_replay_through_a_node(tmp_path):
     assert node.calls == 3 and all(0 < e["psnr"] < 100 for e in summary["episodes"])
 
 
-def test_training_on_a_folder_of_bags(tmp_path, svd_folder):  # noqa: F811 (the fixture)
+def test_training_on_a_folder_of_bags(tmp_path, svd_folder, run_job):  # noqa: F811 (the fixture)
     tree = tmp_path / "bags"
     write_bag(tree / "a.bag", "ros1", take(frames=10, h=96))
     write_bag(tree / "b", "mcap", take(frames=10, h=96, instruction="push the cup left"))
-    out = run(job(tmp_path, svd_folder, "bags", data={"source": str(tree)},
-                  optim={"steps": 2, "batch": 1}))
+    out = run_job(job(tmp_path, svd_folder, "bags", data={"source": str(tree)},
+                      optim={"steps": 2, "batch": 1}))
     logged = json.loads((tmp_path / "bags" / "stats.json").read_text())
     assert logged["steps"] == 2 and np.isfinite(logged["final_loss"])
     assert (out / "aid.safetensors").is_file()
