@@ -48,7 +48,7 @@ def diffusers_rows(d: dict) -> list[str]:
 
 def distilled_rows(d: dict) -> list[str]:
     s, t = "8 distilled", d["timings"]
-    dec = d.get("decoders", {"teacher": "temporal decoder", "student": "temporal decoder"})
+    dec = d["decoders"]
     return [
         row(s, f"stock `StableVideoDiffusionPipeline`, {d['stock_steps']} steps", t["stock"], "reference"),
         row(s, f"teacher node, {d['backend']}, {d['teacher_steps']} steps (its default), {dec['teacher']}",

@@ -59,8 +59,8 @@ from foresight.export.onnx_export import (
     GraphShapes,
     export_graph,
     graph_io,
-    to_float16,
     graph_shapes,
+    to_float16,
 )
 from foresight.export.tensorrt_build import Profile, build_engine
 from foresight.export.validate import Case, Runner, check, reference_cases

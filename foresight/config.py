@@ -185,6 +185,12 @@ class AIDConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def decoded_frames(self, frames: int) -> int:
+        """Frames one decoder call decodes for a clip of `frames` latents: the temporal decoder
+        gets the clip with its first and last latent repeated (`AIDModel.temporal_decode`), a
+        frame decoder the clip as it is."""
+        return frames + (2 if self.decoder is None else 0)
+
     @property
     def sampler(self) -> SamplerSettings:
         """The model's default sampler."""

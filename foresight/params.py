@@ -247,7 +247,7 @@ def request_memory(arch: Architecture, batch: int, dtype: torch.dtype,
         h, w = cfg.height // f, cfg.width // f
         width = mods.unet.config.cross_attention_dim
         tokens = context_tokens(cfg)
-        per_clip = n + 2 if mods.decoder is None else n  # the temporal decoder repeats the first and last latent
+        per_clip = cfg.decoded_frames(n)
         decoded = m * per_clip
         clips_per_call = m if decode_chunk is None else min(m, max(1, decode_chunk // per_clip))
         chunk = clips_per_call * per_clip

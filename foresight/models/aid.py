@@ -203,7 +203,7 @@ class AIDModel(nn.Module):
             raise ValueError(f"decode_chunk_size must be >= 1 frame, got {decode_chunk_size}")
         decode = vae_decode or self.vae_decode
         z = latents / self.vae.config.scaling_factor
-        per_clip = z.shape[1] + (2 if self.decoder is None else 0)
+        per_clip = self.config.decoded_frames(z.shape[1])
         clips = len(z) if decode_chunk_size is None else max(1, decode_chunk_size // per_clip)
         return torch.cat([decode(chunk) for chunk in z.split(clips)]).clamp(-1, 1)
 
