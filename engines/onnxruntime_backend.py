@@ -65,10 +65,17 @@ def make_process_pool(threads: int) -> int | None:
     return threads
 
 
-LARGE_GRAPH_BYTES = 2 * 1024**3  # graphs whose weights alone fill a few GB: load them without extra copies
+LARGE_GRAPH_BYTES = 2 * 1024**3  # graphs whose weights alone fill a few GB: a model of SVD's size
 
 
-def _session(path: Path, device: torch.device, options: OrtOptions, cache_dir: Path):
+def is_large(path: Path) -> bool:
+    """True for a graph whose weights (the file and its external data) exceed LARGE_GRAPH_BYTES."""
+    data = path.with_name(path.name + ".data")
+    return path.stat().st_size + (data.stat().st_size if data.is_file() else 0) > LARGE_GRAPH_BYTES
+
+
+def _session(path: Path, device: torch.device, options: OrtOptions, cache_dir: Path, lean: bool):
+    """lean: the model is of SVD's size; on a CPU, hold no memory beyond what each run needs."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -80,10 +87,12 @@ def _session(path: Path, device: torch.device, options: OrtOptions, cache_dir: P
     }[options.optimization]
     so.use_per_session_threads = False  # the process-wide pool (make_process_pool)
     so.log_severity_level = 3
-    data = path.with_name(path.name + ".data")
-    if device.type == "cpu" and data.is_file() and data.stat().st_size > LARGE_GRAPH_BYTES:
+    if device.type == "cpu" and lean:
         # MLAS keeps prepacked copies of the weights beside the graph's own: at SVD's size (6.1 GB
-        # of fp32 weights) a node serving one request was killed at 24 GB; without them it fits
+        # of fp32 weights) a node serving one request was killed at 24 GB; without them it fits.
+        # The arena grows by powers of two and keeps its peak: the full-size VAE decoder's (a small
+        # graph with 7 GB of activations) held 7.8 GB after the request and drove one request from
+        # 17.7 to 21.7 GB; without it the decode takes longer (72 s vs 37 s) and returns it all
         so.add_session_config_entry("session.disable_prepacking", "1")
         so.enable_cpu_mem_arena = False
     present = ort.get_available_providers()
@@ -112,8 +121,8 @@ def _session(path: Path, device: torch.device, options: OrtOptions, cache_dir: P
 class _Graph:
     """One session with its I/O names and dtypes."""
 
-    def __init__(self, path: Path, device: torch.device, options: OrtOptions, cache_dir: Path) -> None:
-        self.session = _session(path, device, options, cache_dir)
+    def __init__(self, path: Path, device: torch.device, options: OrtOptions, cache_dir: Path, lean: bool) -> None:
+        self.session = _session(path, device, options, cache_dir, lean)
         self.inputs = {i.name: _NUMPY[i.type] for i in self.session.get_inputs()}
         out = self.session.get_outputs()[0]
         self.output, self.output_dtype, self.output_dims = out.name, _NUMPY[out.type], out.shape
@@ -165,7 +174,9 @@ class OnnxRuntimeBackend:
         self.intra_op_threads = make_process_pool(options.intra_op_threads)
 
         # any subset of the graphs: the exporter checks them one session at a time
-        self._graphs = {name: _Graph(Path(path), self.device, options, cache_dir) for name, path in files.items()}
+        paths = {name: Path(path) for name, path in files.items()}
+        self.lean = any(is_large(path) for path in paths.values())
+        self._graphs = {name: _Graph(path, self.device, options, cache_dir, self.lean) for name, path in paths.items()}
         self.files = {k: str(v) for k, v in files.items()}
 
     def _graph(self, name: str) -> _Graph:
@@ -212,4 +223,5 @@ class OnnxRuntimeBackend:
             "io_dtypes": {name: str(dtype.__name__) for name, dtype in first.inputs.items()},
             "intra_op_threads": self.intra_op_threads,
             "optimization": self.options.optimization,
+            "lean": self.lean,
         }

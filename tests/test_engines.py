@@ -13,7 +13,12 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from foresight.engines import EngineRefused, OrtOptions, load_backend
+from foresight.engines import (
+    EngineRefused,
+    OrtOptions,
+    load_backend,
+    onnxruntime_backend,
+)
 from foresight.engines.base import GRAPH_IO, first_frames
 from foresight.engines.manifest import MANIFEST_NAME, read_manifest
 from foresight.engines.onnxruntime_backend import OnnxRuntimeBackend
@@ -179,6 +184,20 @@ def test_ort_options_do_not_change_results(model, engine_dir, optimization):
     assert errors(backend.unet(**x), ref)["max_rel"] < 1e-4, f"seed {seed}"
 
 
+def test_a_model_of_svd_size_runs_every_session_lean_with_the_same_numbers(model, engine_dir, monkeypatch):
+    files = {g: engine_dir[0] / f"{g}.onnx" for g in GRAPH_IO}
+    options = OrtOptions(intra_op_threads=1)
+    usual = OnnxRuntimeBackend(files, 8, "cpu", options)
+    monkeypatch.setattr(onnxruntime_backend, "LARGE_GRAPH_BYTES", files["unet"].stat().st_size - 1)
+    lean = OnnxRuntimeBackend(files, 8, "cpu", options)
+    assert (usual.describe()["lean"], lean.describe()["lean"]) == (False, True)
+    # one large graph makes the whole backend lean: the small VAE decoder's arena held 7.8 GB at full size
+    for graphs, arena in ((usual._graphs, True), (lean._graphs, False)):
+        assert {g.session.get_session_options().enable_cpu_mem_arena for g in graphs.values()} == {arena}
+    latents = torch.randn(2, 8, 4, 16, 16, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(lean.vae_decoder(latents), usual.vae_decoder(latents))
+
+
 def test_whole_sampling_run_matches_pytorch(model, engine_dir):
     """Final frames of a full request (2 hypotheses, 3 guidance branches each) through ONNX Runtime."""
     backend, info = load_backend(model, "onnxruntime", engine_dir[0])
@@ -236,12 +255,11 @@ def test_tensorrt_engines_build_check_and_load(engine_dir, tmp_path, precision):
 def test_engines_fit_a_config_that_differs_only_in_sampler_fields_or_new_defaults():
     """A manifest written before AIDConfig gained a field (here `lora`) still fits the same model,
     and a folder may change its default steps, scales or solver and keep its engines."""
-    from dataclasses import replace
+    from dataclasses import fields, replace
 
-    from dataclasses import fields
+    from foresight.engines.manifest import SAMPLER_FIELDS, same_graph_config
 
     from foresight.config import FrameDecoderConfig, SamplerSettings, UNetLoRAConfig
-    from foresight.engines.manifest import SAMPLER_FIELDS, same_graph_config
     from foresight.model_dir import TINY_RANDOM_AID
 
     assert set(SAMPLER_FIELDS) == {f.name for f in fields(SamplerSettings)}  # what only the sampler reads
