@@ -31,6 +31,11 @@ INSTRUCTIONS = (
     "push the yellow cube to the right",
 )
 IDLE_CORES = 0.2  # other processes busier than this during a section skew its figures
+# pause between interleaved cases, untimed: after a call returns, its runtime's worker threads spin
+# for tens of milliseconds waiting for more work (ONNX Runtime's pool, OpenMP), and on 2 cores they
+# take from the next case: the tiny-turbo node measured 198 ms right after the tiny node's request
+# and 157 ms after a 0.2 s pause (the tiny node: 455 and 433 ms)
+SETTLE_S = 0.2
 CAMERA_SIZE = (480, 640)  # a Bridge camera frame: the node scales it down, so the in-process call must too
 
 
@@ -103,6 +108,7 @@ def measure_side_by_side(
     """measure() for several cases at once, interleaved: each run calls every case once, run r
     starting at case r (mod the count). A ratio between cases then never compares runs taken
     minutes apart: a drift in machine speed (this VM's moves by up to 1.5x) moves both sides alike.
+    Each call starts SETTLE_S after the previous one ended, once its threads have stopped spinning.
     """
     names = list(fns)
     for _ in range(warmup):
@@ -111,6 +117,7 @@ def measure_side_by_side(
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in tqdm(range(runs), desc=label, leave=False, disable=runs < 3):
         for name in names[r % len(names):] + names[:r % len(names)]:
+            time.sleep(SETTLE_S)
             start = time.perf_counter()
             fns[name]()
             if sync is not None:

@@ -20,6 +20,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from bench import backends
 from bench.core import INSTRUCTIONS, Plan, measure_side_by_side
@@ -28,7 +29,7 @@ from bench.node import check_backend, client, predict
 from foresight.engines import Backend
 from foresight.model_dir import LoadedModel, load_model
 from foresight.node.process import running_node
-from foresight.pipeline import ForesightPipeline
+from foresight.pipeline import ENGINE_TORCH_THREADS, ForesightPipeline
 
 log = logging.getLogger("bench.distilled")
 
@@ -66,7 +67,19 @@ class TimedBackend:
 
 def request_split(loaded: LoadedModel, engine: Backend, frames: np.ndarray, text: list[str], steps: int,
                   runs: int, sync=None) -> dict:
-    """Mean seconds per in-process request on `engine`, by part: unet, vae_decoder, dqformer, rest."""
+    """Mean seconds per in-process request on `engine`, by part: unet, vae_decoder, dqformer, rest;
+    PyTorch on the threads a node gives it beside that engine (foresight.pipeline.load_pipeline)."""
+    threads = torch.get_num_threads()
+    if engine.name == "onnxruntime" and loaded.model.device.type == "cpu":
+        torch.set_num_threads(ENGINE_TORCH_THREADS)
+    try:
+        return _split(loaded, engine, frames, text, steps, runs, sync)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _split(loaded: LoadedModel, engine: Backend, frames: np.ndarray, text: list[str], steps: int, runs: int,
+           sync) -> dict:
     timed = TimedBackend(engine, sync)
     pipe = ForesightPipeline(loaded, backend=timed)
     pipe.predict(frames, text, steps=steps)  # warm-up

@@ -31,6 +31,13 @@ logger = logging.getLogger(__name__)
 DECODE_CHUNK_SIZE = 32
 
 
+# PyTorch's threads beside ONNX Runtime on a CPU: ONNX Runtime's workers spin between its runs,
+# and PyTorch's own workers on the same cores fought them: on 2 cores a tiny-turbo request took
+# 147 ms with PyTorch on one thread against 155 ms on two (three pairs of 60 requests; the
+# encoders 9.5 vs 14.5 ms). At SVD's size the encoders are a few seconds of a minutes-long request.
+ENGINE_TORCH_THREADS = 1
+
+
 def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
     """uint8 (..., H, W, 3) -> float (..., 3, H, W) in [-1, 1]."""
     return torch.from_numpy(np.array(frames)).movedim(-1, -3).float() / 127.5 - 1
@@ -194,7 +201,9 @@ def load_pipeline(
     backend: "auto" | "tensorrt" | "onnxruntime" | "torch"; engines: an engine folder from
     export/build_engines.py. Engines that do not match the model are refused and logged, and the
     next backend is used (see foresight.engines.select); engines=None means PyTorch.
-    threads: CPU threads for PyTorch and ONNX Runtime alike; 0 keeps each runtime's default.
+    threads: CPU threads for PyTorch and ONNX Runtime alike; 0 keeps each runtime's default. When
+    ONNX Runtime runs the graphs on the CPU, PyTorch's share of a request (the image, text and VAE
+    encoders) runs on one thread (see ENGINE_TORCH_THREADS).
     compile: `torch.compile` the UNet of the PyTorch backend; the first request compiles it
     (16-19 s for the tiny UNet on 2 CPU cores), so a server warms it up before it reports healthy.
     """
@@ -213,6 +222,9 @@ def load_pipeline(
     model = loaded.model.to(device=device, dtype=dtype)
     runner, info = load_backend(model, backend, engines, ort_options=OrtOptions(intra_op_threads=threads),
                                   compile=compile)
+    if runner.name == "onnxruntime" and torch.device(device).type == "cpu":
+        torch.set_num_threads(ENGINE_TORCH_THREADS)
+        logger.info("ONNX Runtime runs the graphs: PyTorch's encoders get %d thread", ENGINE_TORCH_THREADS)
     if "unet" in getattr(runner, "files", {}):
         # the engine runs the UNet (adapters inside): PyTorch's copy would only hold memory, 6 GB in
         # fp32 at SVD's size, beside the engine's own; a full-size ONNX Runtime node was killed at

@@ -32,7 +32,7 @@ from foresight.export.onnx_export import (
 )
 from foresight.export.validate import errors
 
-from foresight.pipeline import load_pipeline
+from foresight.pipeline import ENGINE_TORCH_THREADS, load_pipeline
 
 pytestmark = pytest.mark.xdist_group("export")  # under pytest -n: one process builds the module's graphs once
 
@@ -198,8 +198,9 @@ def test_dqformer_onnxruntime_matches_pytorch(ort_and_model, batch, frames):
     assert err["max_rel"] < RTOL, f"seed {seed}: {err}"
 
 
-def test_load_pipeline_uses_matching_engines(built):
+def test_load_pipeline_uses_matching_engines(built, monkeypatch):
     out = built[0]
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # keep this worker's threads for later tests
     pipe = load_pipeline("tiny-random", backend="auto", engines=str(out))
     info = pipe.info()["backend"]
     assert info["name"] == "onnxruntime" and info["requested"] == "auto"
@@ -212,14 +213,15 @@ def test_load_pipeline_uses_matching_engines(built):
 
 
 def test_load_pipeline_threads_reach_onnxruntime_and_torch(built):
-    """In a fresh process: ONNX Runtime's thread pool is per process, and this one already has one."""
+    """In a fresh process: ONNX Runtime's thread pool is per process, and this one already has one.
+    ONNX Runtime gets the threads; PyTorch, which only runs the encoders beside it, gets one."""
     script = (
         "import json, sys, torch; from foresight.pipeline import load_pipeline; "
-        "pipe = load_pipeline('tiny-random', backend='onnxruntime', engines=sys.argv[1], threads=1); "
+        "pipe = load_pipeline('tiny-random', backend='onnxruntime', engines=sys.argv[1], threads=2); "
         "print(json.dumps([pipe.info()['backend']['details']['intra_op_threads'], torch.get_num_threads()]))"
     )
     done = subprocess.run([sys.executable, "-c", script, str(built[0])], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads(done.stdout.strip().splitlines()[-1]) == [1, 1]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [2, ENGINE_TORCH_THREADS]
     with pytest.raises(ValueError, match="threads must be >= 0"):
         load_pipeline("tiny-random", threads=-1)
