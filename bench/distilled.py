@@ -115,13 +115,13 @@ def compare(student: str, teacher: ForesightPipeline, teacher_loaded: LoadedMode
             "teacher": lambda: predict(teacher_node, frames, text, teacher_steps),
             "student": lambda: predict(student_node, frames, text, student_steps),
         }
-        timings = measure_side_by_side(cases, plan.runs, plan.warmup, "stock, teacher node and student node")
+        timings = measure_side_by_side(cases, plan.distilled_runs, plan.warmup, "stock, teacher node and student node")
     student_loaded = load_model(student)
     student_loaded.model.to(device).eval()
     student_engine, _ = backends.engine_backend(student_loaded.model, engines, threads)
     sync = backends.sync_for(device)
-    split = {"teacher": request_split(teacher_loaded, teacher_engine, frames, text, teacher_steps, plan.runs, sync),
-             "student": request_split(student_loaded, student_engine, frames, text, student_steps, plan.runs, sync)}
+    split = {"teacher": request_split(teacher_loaded, teacher_engine, frames, text, teacher_steps, plan.distilled_runs, sync),
+             "student": request_split(student_loaded, student_engine, frames, text, student_steps, plan.distilled_runs, sync)}
     student_t = timings["student"]
     decoders = {name: "frame decoder" if m.config.decoder is not None else "temporal decoder"
                 for name, m in (("teacher", teacher_loaded.model), ("student", student_loaded.model))}

@@ -50,7 +50,7 @@ def distilled_rows(d: dict) -> list[str]:
     s, t = "8 distilled", d["timings"]
     dec = d["decoders"]
     return [
-        row(s, f"stock `StableVideoDiffusionPipeline`, {d['stock_steps']} steps", t["stock"], "reference"),
+        row(s, f"stock `StableVideoDiffusionPipeline`, {d['stock_steps']} steps", t["stock"], f"reference; medians of {len(t['stock'].times)} interleaved runs"),
         row(s, f"teacher node, {d['backend']}, {d['teacher_steps']} steps (its default), {dec['teacher']}",
             t["teacher"], f"{t['teacher'].median / t['stock'].median:.2f}x stock"),
         row(s, f"student node ({d['student']}), {d['backend']}, {d['student_steps']} {d['solver']} steps, 1 branch, "
