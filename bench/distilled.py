@@ -29,7 +29,7 @@ from bench.node import check_backend, client, predict
 from foresight.engines import Backend
 from foresight.model_dir import LoadedModel, load_model
 from foresight.node.process import running_node
-from foresight.pipeline import ENGINE_TORCH_THREADS, ForesightPipeline
+from foresight.pipeline import ForesightPipeline, torch_threads_beside
 
 log = logging.getLogger("bench.distilled")
 
@@ -69,25 +69,19 @@ def request_split(loaded: LoadedModel, engine: Backend, frames: np.ndarray, text
                   runs: int, sync=None) -> dict:
     """Mean seconds per in-process request on `engine`, by part: unet, vae_decoder, dqformer, rest;
     PyTorch on the threads a node gives it beside that engine (foresight.pipeline.load_pipeline)."""
-    threads = torch.get_num_threads()
-    if engine.name == "onnxruntime" and loaded.model.device.type == "cpu":
-        torch.set_num_threads(ENGINE_TORCH_THREADS)
-    try:
-        return _split(loaded, engine, frames, text, steps, runs, sync)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _split(loaded: LoadedModel, engine: Backend, frames: np.ndarray, text: list[str], steps: int, runs: int,
-           sync) -> dict:
+    threads, beside = torch.get_num_threads(), torch_threads_beside(engine.name, loaded.model.device)
     timed = TimedBackend(engine, sync)
     pipe = ForesightPipeline(loaded, backend=timed)
-    pipe.predict(frames, text, steps=steps)  # warm-up
-    timed.spent.clear()
-    start = time.perf_counter()
-    for run in range(runs):
-        pipe.predict(frames, text, steps=steps, seed=run)
-    total = (time.perf_counter() - start) / runs
+    try:
+        torch.set_num_threads(beside or threads)
+        pipe.predict(frames, text, steps=steps)  # warm-up
+        timed.spent.clear()
+        start = time.perf_counter()
+        for run in range(runs):
+            pipe.predict(frames, text, steps=steps, seed=run)
+        total = (time.perf_counter() - start) / runs
+    finally:
+        torch.set_num_threads(threads)
     parts = {part: seconds / runs for part, seconds in timed.spent.items()}
     return {"total_s": total, "parts_s": parts | {"rest": total - sum(parts.values())}}
 

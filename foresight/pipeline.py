@@ -38,6 +38,11 @@ DECODE_CHUNK_SIZE = 32
 ENGINE_TORCH_THREADS = 1
 
 
+def torch_threads_beside(backend: str, device: str | torch.device) -> int | None:
+    """PyTorch's thread count where `backend` runs the graphs on `device`; None: leave it as set."""
+    return ENGINE_TORCH_THREADS if backend == "onnxruntime" and torch.device(device).type == "cpu" else None
+
+
 def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
     """uint8 (..., H, W, 3) -> float (..., 3, H, W) in [-1, 1]."""
     return torch.from_numpy(np.array(frames)).movedim(-1, -3).float() / 127.5 - 1
@@ -222,9 +227,10 @@ def load_pipeline(
     model = loaded.model.to(device=device, dtype=dtype)
     runner, info = load_backend(model, backend, engines, ort_options=OrtOptions(intra_op_threads=threads),
                                   compile=compile)
-    if runner.name == "onnxruntime" and torch.device(device).type == "cpu":
-        torch.set_num_threads(ENGINE_TORCH_THREADS)
-        logger.info("ONNX Runtime runs the graphs: PyTorch's encoders get %d thread", ENGINE_TORCH_THREADS)
+    beside = torch_threads_beside(runner.name, device)
+    if beside is not None:
+        torch.set_num_threads(beside)
+        logger.info("%s runs the graphs: PyTorch's encoders get %d thread(s)", runner.name, beside)
     if "unet" in getattr(runner, "files", {}):
         # the engine runs the UNet (adapters inside): PyTorch's copy would only hold memory, 6 GB in
         # fp32 at SVD's size, beside the engine's own; a full-size ONNX Runtime node was killed at
