@@ -185,14 +185,17 @@ def test_deadline_expired_while_queued_gives_timeout(pipe) -> None:
     with held_at_gate(pipe) as (gate, held, socket):
         socket.send(wire.packb({"method": "predict", "id": "first", "frames": frames, "instruction": "a", **FAST}))
         time.sleep(0.2)  # the worker now holds "first" at the gate
+        # a second of margin: on a loaded box "late" once arrived after a 0.2 s deadline
+        late_deadline = time.time() + 1.0
         socket.send(wire.packb({"method": "predict", "id": "late", "frames": frames, "instruction": "b",
-                                "deadline": time.time() + 0.2, **FAST}))
+                                "deadline": late_deadline, **FAST}))
         socket.send(wire.packb({"method": "predict", "id": "past", "frames": frames, "instruction": "c",
                                 "deadline": time.time() - 1, **FAST}))
-        assert recv(socket)["error"]["code"] == ErrorCode.TIMEOUT  # "past" is refused on arrival
-        time.sleep(0.4)
+        replies = {r["id"]: r for r in [recv(socket)]}  # "past" is refused on arrival
+        time.sleep(max(0.0, late_deadline - time.time()) + 0.2)
         gate.set()
-        replies = {r["id"]: r for r in (recv(socket), recv(socket))}
+        replies |= {r["id"]: r for r in (recv(socket), recv(socket))}
+    assert replies["past"]["error"]["code"] == ErrorCode.TIMEOUT and "arrived" in replies["past"]["error"]["message"]
     assert replies["first"]["ok"]
     assert replies["late"]["error"]["code"] == ErrorCode.TIMEOUT and "queued" in replies["late"]["error"]["message"]
     assert held.calls == [["a"]]
