@@ -174,3 +174,32 @@ def test_a_distilled_folder_predicts_with_one_branch_per_step_and_exports(teache
 
     graph = onnx.load(str(tmp_path / "engines" / "unet.onnx"), load_external_data=False).graph
     assert not [i.name for i in graph.initializer if "lora" in i.name.lower()], "the LoRA is merged, not traced"
+
+
+def test_a_distillation_continues_from_its_student_against_the_original_teacher(teacher, tmp_path):
+    student = _student_with_lora(seed=3)
+    save_model_dir(student, tmp_path / "student", svd=str(teacher.parent / "svd"))
+    path = job(tmp_path, teacher, "again")
+    data = json.loads(path.read_text())
+    data["model"]["init"] = str(tmp_path / "student")
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="already distilled"):
+        DistillStage(load_jobs(str(path))[0])
+    data["distill"]["teacher"] = str(teacher)
+    path.write_text(json.dumps(data))
+    (cfg,) = load_jobs(str(path))
+    stage = DistillStage(cfg)
+    assert (stage.guidance.guidance_frame, stage.guidance.guidance_text) == (1.5, 3.0)  # the teacher's sampler
+    saved = student.aid_state_dict()
+    assert all(torch.equal(v, saved[k]) for k, v in stage.model.aid_state_dict().items())  # starts as the student
+    own = load_file(str(teacher / "aid.safetensors"))
+    checked = 0
+    for name, value in stage.teacher.items():
+        if ".lora_B." in name:
+            assert not value.any()  # the teacher's UNet is the frozen one: its LoRA adds nothing
+        for prefix, key in (("model.dqformer.", "dqformer."), ("model.unet.adapters.", "adapters.")):
+            if name.startswith(prefix):
+                assert torch.equal(value, own[key + name.removeprefix(prefix)]), name
+                checked += 1
+    assert checked > 10
+    assert any(not torch.equal(stage.teacher[n], p) for n, p in stage.params.items())

@@ -123,7 +123,9 @@ class DistillConfig:
     teacher_steps: the Karras grid of the teacher's ODE (LCM's N); skip: grid levels per teacher
     step (LCM's k); guidance_frame / guidance_text: the teacher's s_V and s_T, folded into the
     target (None: the teacher folder's own, with its guidance interval); huber_c: the
-    pseudo-Huber loss's c (in latent units).
+    pseudo-Huber loss's c (in latent units); teacher: the teacher's model folder when
+    `model.init` is a student already distilled from it (a run that continues a distillation;
+    None: `model.init` is the teacher, and the student starts as it).
     """
 
     teacher_steps: int = 40
@@ -131,6 +133,7 @@ class DistillConfig:
     guidance_frame: float | None = None
     guidance_text: float | None = None
     huber_c: float = 0.001
+    teacher: str | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.skip < self.teacher_steps:

@@ -176,8 +176,9 @@ class DistillStage(AIDStage):
     UNet LoRA (`model.aid.lora`, zero at the start: the student starts as the teacher); everything
     `trainable_parameters` names trains. The target network is the trainer's EMA of those weights
     (`use_target`), which checkpoints already hold; the teacher's weights are those the run starts
-    from, read again from `model.init` on resume. The teacher samples as its folder says (s_V,
-    s_T, guidance interval) unless `distill` sets the scales.
+    from (or `distill.teacher`'s, when the run continues a student's distillation), read again on
+    resume. The teacher samples as its folder says (s_V, s_T, guidance interval) unless `distill`
+    sets the scales.
     """
 
     def __init__(self, cfg: TrainConfig) -> None:
@@ -185,17 +186,40 @@ class DistillStage(AIDStage):
             raise ValueError("the distill stage needs model.init: the AID model folder it distills (the teacher)")
         if cfg.model.aid.lora is None:
             raise ValueError("the distill stage needs model.aid.lora: the student's LoRA on the UNet")
-        super().__init__(cfg)
-        own = read_model_dir(cfg.path(cfg.model.init)).aid.sampler
         d = cfg.distill
-        self.guidance = own.resolve(guidance_frame=d.guidance_frame, guidance_text=d.guidance_text)
+        init = read_model_dir(cfg.path(cfg.model.init))
+        if d.teacher is None and init.aid.lora is not None:
+            raise ValueError(f"model.init: {cfg.model.init} is already distilled (it has a UNet LoRA); to continue "
+                             "its distillation, name the folder it was distilled from in distill.teacher")
+        super().__init__(cfg)
+        teacher = init if d.teacher is None else read_model_dir(cfg.path(d.teacher))
+        if teacher.aid.lora is not None:
+            raise ValueError(f"distill.teacher: {d.teacher} has a UNet LoRA; the teacher is an undistilled AID model")
+        self.guidance = teacher.aid.sampler.resolve(guidance_frame=d.guidance_frame, guidance_text=d.guidance_text)
         self.params = {n: p for n, p in self.named_parameters() if p.requires_grad}
-        self.teacher = {n: p.detach().clone() for n, p in self.params.items()}
+        self.teacher = self._teacher_weights(cfg.path(d.teacher)) if d.teacher else {
+            n: p.detach().clone() for n, p in self.params.items()}
         self.config = d
         self._ema, self._order = None, []
-        logger.info("distilling %s: teacher s_V %.2f, s_T %.2f, interval %s; grid of %d levels, skip %d",
-                    cfg.model.init, self.guidance.guidance_frame, self.guidance.guidance_text,
-                    self.guidance.guidance_interval, d.teacher_steps, d.skip)
+        logger.info("distilling %s into %s: teacher s_V %.2f, s_T %.2f, interval %s; grid of %d levels, skip %d",
+                    d.teacher or cfg.model.init, cfg.model.init if d.teacher else "a new LoRA",
+                    self.guidance.guidance_frame, self.guidance.guidance_text, self.guidance.guidance_interval,
+                    d.teacher_steps, d.skip)
+
+    def _teacher_weights(self, folder: Path) -> dict[str, torch.Tensor]:
+        """The trainable tensors as the teacher folder has them, its LoRA's product zero (B = 0): its
+        weights go through the model, then the student's come back."""
+        model = self.model
+        student = {k: v.detach().clone() for k, v in model.aid_state_dict().items()}
+        state = load_file(str(folder / "aid.safetensors"))
+        missing = [k for k in student.keys() - state.keys() if ".lora_" not in k and not k.startswith("decoder.")]
+        if missing:
+            raise ValueError(f"distill.teacher: {folder} lacks what the student trains: {sorted(missing)[:5]}")
+        model.load_aid_weights({k: state[k] if k in state else torch.zeros_like(v) if ".lora_B." in k else v
+                                for k, v in student.items()})
+        teacher = {n: p.detach().clone() for n, p in self.params.items()}
+        model.load_aid_weights(student)
+        return teacher
 
     def use_target(self, ema, params: list[nn.Parameter]) -> None:
         """The trainer's EMA of `params` (the same tensors as `self.params`) is the target network;
@@ -258,7 +282,11 @@ class DecoderStage(AIDStage):
 def resolve_config(cfg: TrainConfig) -> TrainConfig:
     """The job as it runs: a decoder job's model is its `model.init` folder's (SVD, text encoder,
     AID config, with the job's `aid.decoder`), its clips described by templates (the decoder
-    never reads them); every other job as written."""
+    never reads them); a distill job keeps its `model.init` folder's frame decoder where it names
+    none; every other job as written."""
+    if cfg.stage == "distill" and cfg.model.init and cfg.model.aid.decoder is None:
+        decoder = read_model_dir(cfg.path(cfg.model.init)).aid.decoder
+        return replace(cfg, model=replace(cfg.model, aid=replace(cfg.model.aid, decoder=decoder)))
     if cfg.stage != "decoder":
         return cfg
     if not cfg.model.init:
