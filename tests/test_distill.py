@@ -16,14 +16,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from foresight.config import UNetLoRAConfig
+from foresight.config import AIDConfig, FrameDecoderConfig, UNetLoRAConfig
 from foresight.diffusion.edm import Denoiser
 from foresight.loading import build_tiny_svd
 from foresight.model_dir import TINY_RANDOM_AID, TINY_RANDOM_SVD, load_model_dir, save_model_dir
 from foresight.models.aid import AIDModel
 from foresight.models.encoders import TextEncoder, bundled_text_encoder_path
 from foresight.training.config import load_jobs
-from foresight.training.stages import DistillStage
+from foresight.training.stages import DistillStage, resolve_config
 
 pytestmark = [pytest.mark.xdist_group("distill"), pytest.mark.usefixtures("one_torch_thread")]
 
@@ -49,9 +49,9 @@ def job(tmp: Path, teacher: Path, name: str, steps: int = 2) -> Path:
     return path
 
 
-def _student_with_lora(seed: int = 0) -> AIDModel:
-    text = TextEncoder(bundled_text_encoder_path(), STUDENT.text_max_length)
-    model = AIDModel(build_tiny_svd(TINY_RANDOM_SVD, seed=0), text, STUDENT)
+def _student_with_lora(seed: int = 0, config: AIDConfig = STUDENT) -> AIDModel:
+    text = TextEncoder(bundled_text_encoder_path(), config.text_max_length)
+    model = AIDModel(build_tiny_svd(TINY_RANDOM_SVD, seed=0), text, config)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.unet.unet.named_parameters():
@@ -177,7 +177,7 @@ def test_a_distilled_folder_predicts_with_one_branch_per_step_and_exports(teache
 
 
 def test_a_distillation_continues_from_its_student_against_the_original_teacher(teacher, tmp_path):
-    student = _student_with_lora(seed=3)
+    student = _student_with_lora(seed=3, config=replace(STUDENT, decoder=FrameDecoderConfig(channels=8, blocks=(1, 1, 1))))
     save_model_dir(student, tmp_path / "student", svd=str(teacher.parent / "svd"))
     path = job(tmp_path, teacher, "again")
     data = json.loads(path.read_text())
@@ -188,6 +188,9 @@ def test_a_distillation_continues_from_its_student_against_the_original_teacher(
     data["distill"]["teacher"] = str(teacher)
     path.write_text(json.dumps(data))
     (cfg,) = load_jobs(str(path))
+    assert cfg.model.aid.decoder is None
+    cfg = resolve_config(cfg)
+    assert cfg.model.aid.decoder == student.config.decoder  # the job keeps the student's frame decoder
     stage = DistillStage(cfg)
     assert (stage.guidance.guidance_frame, stage.guidance.guidance_text) == (1.5, 3.0)  # the teacher's sampler
     saved = student.aid_state_dict()
