@@ -195,6 +195,9 @@ class DistillStage(AIDStage):
         teacher = init if d.teacher is None else read_model_dir(cfg.path(d.teacher))
         if teacher.aid.lora is not None:
             raise ValueError(f"distill.teacher: {d.teacher} has a UNet LoRA; the teacher is an undistilled AID model")
+        if Path(teacher.svd).resolve() != cfg.path(cfg.model.svd).resolve():
+            logger.warning("the teacher's folder names the SVD base %s; it runs here on model.svd %s",
+                           teacher.svd, cfg.model.svd)
         self.guidance = teacher.aid.sampler.resolve(guidance_frame=d.guidance_frame, guidance_text=d.guidance_text)
         self.params = {n: p for n, p in self.named_parameters() if p.requires_grad}
         self.teacher = self._teacher_weights(cfg.path(d.teacher)) if d.teacher else {
