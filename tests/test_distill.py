@@ -206,3 +206,13 @@ def test_a_distillation_continues_from_its_student_against_the_original_teacher(
                 checked += 1
     assert checked > 10
     assert any(not torch.equal(stage.teacher[n], p) for n, p in stage.params.items())
+
+
+def test_the_refine_preset_continues_the_shipped_student_against_its_teacher():
+    from foresight.model_dir import EMBEDDED
+
+    (cfg,) = load_jobs("tiny-turbo-refine")
+    assert cfg.stage == "distill" and cfg.path(cfg.distill.teacher) == EMBEDDED["tiny"]
+    assert cfg.path(cfg.model.init) == EMBEDDED["tiny-turbo"]
+    shipped = load_model_dir(EMBEDDED["tiny-turbo"]).model.config
+    assert resolve_config(cfg).model.aid.decoder == shipped.decoder and cfg.model.aid.lora == shipped.lora
