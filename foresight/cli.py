@@ -193,6 +193,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         RECORDED_VARIANTS,
         REWORD_VARIANTS,
         VARIANTS,
+        format_kinds,
         format_table,
         run_eval,
         run_eval_recorded,
@@ -215,6 +216,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
             variants += REWORD_VARIANTS if args.rewording else ()
             report = run_eval(args.model, args.episodes, args.seed, variants, recording=recording, **sampler)
     print(format_table(report))
+    kinds = format_kinds(report)
+    if kinds:
+        print(kinds)
     print(report["distance_note"])
     if args.json:
         write_report(report, args.json)

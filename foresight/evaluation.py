@@ -32,7 +32,7 @@ from foresight.model_dir import load_model
 from foresight.pipeline import ForesightPipeline
 from foresight.states import make_decomposer
 from sim_bridge.common.imaging import contact_sheet, fit_frames, write_png
-from sim_bridge.common.metrics import distance_note, psnr, ssim, video_distances
+from sim_bridge.common.metrics import distance_note, psnr, rate_interval, ssim, video_distances
 from sim_bridge.common.rerun_log import RerunLog, episode_path
 from sim_bridge.common.tables import markdown_table
 from sim_bridge.data.episode import Episode
@@ -142,15 +142,18 @@ def follow_scores(episodes: list[Episode], preds: np.ndarray) -> dict:
         for p, ep in zip(preds, episodes)
     ])
     tol = follow_tolerance(preds.shape[-2])
-    kinds = [ep.meta["task"]["kind"] for ep in episodes]
+    followed = errors <= tol
+    kinds = np.array([ep.meta["task"]["kind"] for ep in episodes])
+    by_kind = {kind: (int(followed[kinds == kind].sum()), int((kinds == kind).sum())) for kind in sorted(set(kinds))}
     return {
-        "follow_rate": float(np.mean(errors <= tol)),
+        "follow_rate": float(np.mean(followed)),
+        "follow_ci95": rate_interval(int(followed.sum()), len(followed)),
         "follow_tolerance_px": tol,
         "follow_median_error_px": float(np.median(errors)),
         "not_found_rate": float(np.mean(np.isinf(errors))),
-        "follow_rate_by_kind": {
-            kind: float(np.mean(errors[[k_ == kind for k_ in kinds]] <= tol)) for kind in sorted(set(kinds))
-        },
+        "follow_rate_by_kind": {kind: k / n for kind, (k, n) in by_kind.items()},
+        "follow_by_kind": {kind: {"followed": k, "episodes": n, "ci95": rate_interval(k, n)}
+                           for kind, (k, n) in by_kind.items()},
     }
 
 
@@ -360,6 +363,19 @@ def format_table(report: dict) -> str:
                  else [r["clips"]])
         rows.append([name, *cells, f"{r['psnr']:.2f}", f"{r['ssim']:.3f}", *(f"{r[k]:.3f}" for k in distances)])
     return markdown_table(["variant", *head], rows)
+
+
+def format_kinds(report: dict) -> str:
+    """Instruction following by task kind, a line per variant: followed of episodes and the 95%
+    Wilson interval, so that a kind's few episodes read as few (empty for recorded clips)."""
+    lines = []
+    for name, r in report["variants"].items():
+        kinds = r.get("follow_by_kind")
+        if kinds:
+            cells = [f"{kind} {k['followed']}/{k['episodes']} ({100 * k['ci95'][0]:.0f}-{100 * k['ci95'][1]:.0f}%)"
+                     for kind, k in kinds.items()]
+            lines.append(f"{name}: " + ", ".join(cells))
+    return "\n".join(["following by task kind (followed/episodes, 95% interval):", *lines]) if lines else ""
 
 
 def write_report(report: dict, path: str | Path) -> None:

@@ -45,8 +45,15 @@ def test_eval_report_has_every_variant(tmp_path):
 def test_eval_cli_writes_json_and_figure(tmp_path, capsys):
     main(["eval", "--model", "tiny-random", "--episodes", "2", "--variants", "aid,no-states", "--steps", "1",
           "--json", str(tmp_path / "r.json"), "--figure", str(tmp_path / "fig" / "pred.png")])
-    assert "| no-states |" in capsys.readouterr().out
-    assert set(json.loads((tmp_path / "r.json").read_text())["variants"]) == {"aid", "no-states"}
+    out = capsys.readouterr().out
+    assert "| no-states |" in out and "following by task kind" in out
+    variants = json.loads((tmp_path / "r.json").read_text())["variants"]
+    assert set(variants) == {"aid", "no-states"}
+    kinds = variants["aid"]["follow_by_kind"]
+    assert sum(k["episodes"] for k in kinds.values()) == 2
+    for kind, k in kinds.items():
+        assert k["followed"] / k["episodes"] == variants["aid"]["follow_rate_by_kind"][kind]
+        assert k["ci95"][0] <= k["followed"] / k["episodes"] <= k["ci95"][1]
     figure = read_image(tmp_path / "fig" / "pred.png")
     # 2 rows of 64 px + a 2 px gap; 8 frames (context + 7 predicted), the 8 px bar, the final frame; scaled 2x
     assert figure.shape == (2 * (2 * 64 + 2), 2 * (8 * 66 - 2 + 8 + 64), 3)
@@ -209,3 +216,12 @@ def test_eval_predicts_with_the_states_a_folder_was_trained_with(tmp_path, varia
     assert pipe.decomposer("push the red block to the left") == ["", ""]
     template = variant_pipeline("tiny-random", variant)
     assert template.decomposer("push the red block to the left") != ["", ""]
+
+
+def test_a_follow_rate_interval_is_wilsons():
+    from sim_bridge.common.metrics import rate_interval
+
+    low, high = rate_interval(20, 31)  # (p + z^2/2n -+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n), z = 1.96
+    assert abs(low - 0.4695) < 1e-3 and abs(high - 0.7889) < 1e-3
+    assert rate_interval(0, 10)[0] == 0.0 and rate_interval(10, 10)[1] == 1.0
+    assert rate_interval(72, 107)[1] - rate_interval(72, 107)[0] < high - low  # more episodes, a narrower interval
