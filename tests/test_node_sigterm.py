@@ -53,16 +53,18 @@ def test_sigterm_drains_in_flight_work_then_exits_cleanly() -> None:
             assert control.poll(REPLY_MS)
             pending = wire.unpackb(control.recv())["pending"]
 
+        def node_log() -> str:
+            return f"node exit status {proc.poll()}; its log:\n" + "".join(lines.get_nowait() for _ in range(lines.qsize()))
+
         proc.send_signal(signal.SIGTERM)
         status = "ok"
         while status == "ok":  # until the node has seen the signal
             control.send(wire.packb({"method": "health", "id": "during"}))
-            assert control.poll(REPLY_MS)
+            assert control.poll(REPLY_MS), "no reply to a health check after SIGTERM; " + node_log()
             status = wire.unpackb(control.recv())["status"]
         assert status == "draining"
         control.send(wire.packb({"method": "predict", "id": "late", "frames": frames, "instruction": "x"}))
-        assert control.poll(REPLY_MS), "no reply to a request sent while draining; the node's log:\n" + "".join(
-            lines.get_nowait() for _ in range(lines.qsize()))
+        assert control.poll(REPLY_MS), "no reply to a request sent while draining; " + node_log()
         assert wire.unpackb(control.recv())["error"]["code"] == ErrorCode.SHUTTING_DOWN
 
         replies = []
