@@ -33,8 +33,8 @@ INSTRUCTIONS = (
 IDLE_CORES = 0.2  # other processes busier than this during a section skew its figures
 # pause between interleaved cases, untimed: after a call returns, its runtime's worker threads spin
 # for tens of milliseconds waiting for more work (ONNX Runtime's pool, OpenMP), and on 2 cores they
-# take from the next case: the tiny-turbo node measured 198 ms right after the tiny node's request
-# and 157 ms after a 0.2 s pause (the tiny node: 455 and 433 ms)
+# take from the next case: the tiny-turbo node right after the tiny node's request took 1.06x its
+# time after a 0.2 s pause (median of 30 pairs, each pair in one of the VM's speed phases)
 SETTLE_S = 0.2
 CAMERA_SIZE = (480, 640)  # a Bridge camera frame: the node scales it down, so the in-process call must too
 
