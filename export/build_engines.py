@@ -109,10 +109,12 @@ def _load(config: BuildConfig, device: torch.device):
     return model.to(device).eval()
 
 
-def _profiles(shapes: GraphShapes, frames: tuple[int, int], max_batch: int) -> dict[str, Profile]:
+def _profiles(shapes: GraphShapes, frames: tuple[int, int], decoder_frames: tuple[int, int],
+              max_batch: int) -> dict[str, Profile]:
     """min / opt / max per input. opt = one hypothesis (3 branches), full length: the common request."""
     s = shapes
     batches, fr = (1, 3, 3 * max_batch), (frames[0], frames[1], frames[1])
+    dec = (decoder_frames[0], decoder_frames[1], decoder_frames[1])
 
     def per(fn):
         return tuple(fn(b, f) for b, f in zip(batches, fr))
@@ -126,7 +128,7 @@ def _profiles(shapes: GraphShapes, frames: tuple[int, int], max_batch: int) -> d
         },
         "vae_decoder": {  # one clip per hypothesis: decoding comes after guidance
             "latents": tuple((b, f, s.latent_channels, s.latent_height, s.latent_width)
-                             for b, f in zip((1, 1, max_batch), fr)),
+                             for b, f in zip((1, 1, max_batch), dec)),
         },
         "dqformer": {
             "t1": per(lambda b, f: (b, s.text_tokens, s.text_dim)),
@@ -158,7 +160,7 @@ def check_shapes(config: BuildConfig, plan: Plan, num_frames: int) -> dict[str, 
     fewest, most = plan.frames
     big = 3 * config.max_batch
     unet = [(1, fewest), (2, most)] + ([(big, most)] if plan.device.type == "cuda" and big > 2 else [])
-    return {"unet": unet, "vae_decoder": [(1, fewest), (config.max_batch, most)],
+    return {"unet": unet, "vae_decoder": [(1, plan.decoder_frames[0]), (config.max_batch, plan.decoder_frames[1])],
             "dqformer": [(1, num_frames), (big, num_frames)]}
 
 
@@ -174,7 +176,9 @@ def _report(graph: str, kind: str, check: dict) -> None:
 class Plan:
     """What every stage builds, resolved from a BuildConfig and the loaded model.
 
-    frames: (fewest, most) frames per call; precisions: per graph (the DQFormer stays fp32);
+    frames: (fewest, most) frames per call; decoder_frames: the VAE-decoder graph's, where a frame
+    decoder is given only the predicted frames (`AIDModel.decode_latents`' skip) and the temporal
+    decoder whole clips; precisions: per graph (the DQFormer stays fp32);
     attention: the UNet's resolved form; trt_missing: why no TensorRT engine can be built, or None.
     """
 
@@ -183,6 +187,7 @@ class Plan:
     height: int
     width: int
     frames: tuple[int, int]
+    decoder_frames: tuple[int, int]
     shapes: GraphShapes
     precisions: dict[str, str]
     attention: str
@@ -208,6 +213,7 @@ def plan_build(config: BuildConfig, reference: nn.Module, device: torch.device) 
         height=height,
         width=width,
         frames=(cfg.context_frames + 1, frames_max),
+        decoder_frames=(1 if reference.decoder is not None else cfg.context_frames + 1, frames_max),
         shapes=graph_shapes(reference, height, width),
         precisions={"unet": config.precision, "vae_decoder": config.precision, "dqformer": "fp32"},
         attention=attention,
@@ -304,7 +310,7 @@ def build_tensorrt(config: BuildConfig, plan: Plan, num_frames: int, onnx_files:
     num_frames: the model's N (the DQFormer engine's output frames).
     """
     out = Path(config.out)
-    profiles = _profiles(plan.shapes, plan.frames, config.max_batch)
+    profiles = _profiles(plan.shapes, plan.frames, plan.decoder_frames, config.max_batch)
     for graph in graphs:
         engine = out / f"{graph}.plan"
         build_engine(onnx_files[graph][0], engine, profiles[graph], out / TIMING_CACHE)
@@ -340,6 +346,7 @@ def manifest_for(config: BuildConfig, plan: Plan, aid_config: dict, graphs: dict
             "height": plan.height,
             "width": plan.width,
             "frames": {"min": plan.frames[0], "max": plan.frames[1]},
+            "decoder_frames": {"min": plan.decoder_frames[0], "max": plan.decoder_frames[1]},
             "batch": {"min": 1, "opt": 3, "max": 3 * config.max_batch},
             "max_hypotheses": config.max_batch,
             **asdict(plan.shapes),

@@ -179,8 +179,7 @@ class ForesightPipeline:
                                                   for g in generators]).to(model.device)
         latents = SOLVERS[sampler.solver](guided, x, sigmas, disable=not progress, **fresh)
         # 4. decode the predicted frames
-        frames_out = model.decode_latents(latents, self.backend.vae_decoder, decode_chunk_size)
-        video = tensor_to_frames(frames_out[:, k:])
+        video = tensor_to_frames(model.decode_latents(latents, self.backend.vae_decoder, decode_chunk_size, skip=k))
         logger.info("predicted %d x %d frames in %.2fs (%d %s steps)", m, num_frames - k, time.perf_counter() - start,
                     sampler.steps, sampler.solver)
         return video

@@ -65,6 +65,14 @@ def test_the_frame_decoder_decodes_each_frame_alone_and_round_trips_a_folder(fol
         assert not torch.allclose(whole, model.temporal_decode(z), atol=0.1)  # not the temporal decoder
         frames = model.decode_latents(z * model.vae.config.scaling_factor, decode_chunk_size=8)  # a clip per call
     torch.testing.assert_close(frames, whole.clamp(-1, 1))
+    seen = []
+    with torch.no_grad():  # the context frames a prediction drops are never decoded
+        after = model.decode_latents(z * model.vae.config.scaling_factor, lambda x: seen.append(x.shape[1]) or
+                                     model.vae_decode(x), skip=1)
+    assert seen == [7]
+    torch.testing.assert_close(after, frames[:, 1:])
+    with pytest.raises(ValueError, match="skip must be in"):
+        model.decode_latents(z, skip=8)
     save_model_dir(model, tmp_path / "model", svd=str(folder.parent / "svd"))
     assert any(k.startswith("decoder.") for k in load_file(str(tmp_path / "model" / "aid.safetensors")))
     loaded = load_model_dir(tmp_path / "model").model.eval()
@@ -125,3 +133,5 @@ def test_a_folder_with_a_frame_decoder_predicts_and_its_decoder_graph_exports(fo
                          "fp32", "--max-batch", "1"])
     decoder = manifest["graphs"]["vae_decoder"]
     assert decoder["onnx"]["usable"] and decoder["onnx"]["check"]["max_rel"] < 1e-4
+    # the graph is checked down to the one frame a prediction of K + 1 frames hands it
+    assert manifest["shapes"]["decoder_frames"] == {"min": 1, "max": 8}

@@ -194,6 +194,28 @@ def test_guidance_branches_are_built_as_documented(tiny_model):
     assert (ctx_v - ctx_full).abs().max() > 1e-4  # text changes the context
 
 
+def test_guidance_branches_share_one_encoding_of_the_context(tiny_model):
+    g = torch.Generator().manual_seed(4)
+    frames, noise = torch.rand(2, 1, 3, 64, 64, generator=g) * 2 - 1, torch.randn(2, 1, 3, 64, 64, generator=g)
+    texts, states = ["push the red block left", "pick up the cup"], [["a", "b"], ["c", "d"]]
+    encoded = []
+    hooks = [part.register_forward_pre_hook(lambda m, args: encoded.append(len(args[0])))
+             for part in (tiny_model.vae.encoder, tiny_model.vision)]
+    try:
+        with torch.no_grad():
+            shared = tiny_model.guidance_conditions(frames, texts, states, noise=noise)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert encoded == [2, 2]  # each clip's context once, not once per branch
+    flags = torch.arange(6) // 2
+    with torch.no_grad():  # each branch encoding its own copy of the context
+        apart = tiny_model.conditions(frames.repeat(3, 1, 1, 1, 1), texts * 3, states * 3, None,
+                                      noise.repeat(3, 1, 1, 1, 1), drop_frames=flags == 0, drop_text=flags < 2)
+    for field in ("cond_latents", "context", "added_time_ids"):
+        torch.testing.assert_close(getattr(shared, field), getattr(apart, field), rtol=1e-5, atol=1e-5)
+
+
 def test_pipeline_is_deterministic_for_a_seed(tiny_model):
     pipe = ForesightPipeline(LoadedModel.of(tiny_model))
     frames = np.random.default_rng(0).integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)

@@ -190,22 +190,32 @@ class AIDModel(nn.Module):
         latents: torch.Tensor,
         vae_decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
         decode_chunk_size: int | None = None,
+        skip: int = 0,
     ) -> torch.Tensor:
-        """Scaled latents (B, F, 4, h, w) -> frames (B, F, 3, H, W) in [-1, 1].
+        """Scaled latents (B, F, 4, h, w) -> frames (B, F - skip, 3, H, W) in [-1, 1].
 
         vae_decode replaces `self.vae_decode` (an engine backend's VAE-decoder graph).
         decode_chunk_size: at most this many frames per decoder call (with the temporal decoder,
         counting the two repeated end latents of each clip), in whole clips and at least one: the
         temporal decoder mixes a clip's frames, so clips are never split and the result equals
         decoding all at once. None decodes every clip in one call.
+        skip: leading frames of each clip left out (the context frames a prediction does not
+        return). A frame decoder never decodes them; the temporal decoder decodes the whole clip,
+        since its time convolutions see them, and they are dropped after.
         """
         if decode_chunk_size is not None and decode_chunk_size < 1:
             raise ValueError(f"decode_chunk_size must be >= 1 frame, got {decode_chunk_size}")
+        if not 0 <= skip < latents.shape[1]:
+            raise ValueError(f"skip must be in [0, {latents.shape[1] - 1}], got {skip}")
         decode = vae_decode or self.vae_decode
         z = latents / self.vae.config.scaling_factor
+        per_frame = self.config.decoder is not None
+        if per_frame:
+            z = z[:, skip:]
         per_clip = self.config.decoded_frames(z.shape[1])
         clips = len(z) if decode_chunk_size is None else max(1, decode_chunk_size // per_clip)
-        return torch.cat([decode(chunk) for chunk in z.split(clips)]).clamp(-1, 1)
+        frames = torch.cat([decode(chunk) for chunk in z.split(clips)]).clamp(-1, 1)
+        return frames if per_frame else frames[:, skip:]
 
     def text_features(self, sentences: Sequence[str], states: Sequence[Sequence[str]]):
         """t1 from instructions; t2 from each clip's state descriptions, concatenated along tokens."""
@@ -226,6 +236,7 @@ class AIDModel(nn.Module):
         drop_text: torch.Tensor | None = None,
         context_latents: torch.Tensor | None = None,
         dqformer: Callable[..., torch.Tensor] | None = None,
+        image_features: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> Conditions:
         """Build the UNet's conditions for B clips.
 
@@ -236,6 +247,8 @@ class AIDModel(nn.Module):
         context_latents (B, K, 4, h, w): the already encoded noise-augmented context frames
         (training precomputes them once); `noise` is then unused.
         dqformer: a runtime backend's DQFormer (same signature); defaults to the module.
+        image_features: the vision encoder's (features, image token) of the first context frames,
+        already computed.
         """
         cfg = self.config
         frames = cfg.num_frames if num_frames is None else num_frames
@@ -250,7 +263,7 @@ class AIDModel(nn.Module):
         cond[:, :k] = z
         # 2. image features of the first context frame; the encoder preprocesses in float32 (its
         # antialiased resize has no half-precision CPU kernel) and runs in the model's dtype
-        v, image_token = self.vision(context_frames[:, 0])
+        v, image_token = self.vision(context_frames[:, 0]) if image_features is None else image_features
         if drop_frames is not None:
             keep = (~drop_frames).to(dev, dtype)
             cond = cond * keep.view(-1, 1, 1, 1, 1)
@@ -281,16 +294,23 @@ class AIDModel(nn.Module):
         dqformer: Callable[..., torch.Tensor] | None = None,
     ) -> Conditions:
         """Conditions for the three guidance branches of B clips, stacked as
-        [unconditional ; frames only ; frames + text] (3B clips), built in one batched pass."""
+        [unconditional ; frames only ; frames + text] (3B clips), built in one batched pass.
+
+        The context frames are encoded once (VAE and vision encoder) and shared by the branches,
+        which differ only in what they drop."""
         b = context_frames.shape[0]
         flags = torch.arange(3 * b) // b  # 0, 1, 2 = branch index
+        frames = context_frames.to(self.device, torch.float32)
+        latents = self.encode_context(frames, noise)
+        v, image_token = self.vision(frames[:, 0])
         return self.conditions(
-            context_frames.repeat(3, 1, 1, 1, 1),
+            frames.repeat(3, 1, 1, 1, 1),
             list(instructions) * 3,
             list(states) * 3,
             num_frames,
-            None if noise is None else noise.repeat(3, 1, 1, 1, 1),
             drop_frames=flags == 0,
             drop_text=flags < 2,
+            context_latents=latents.repeat(3, 1, 1, 1, 1),
             dqformer=dqformer,
+            image_features=(v.repeat(3, 1, 1), image_token.repeat(3, 1, 1)),
         )
