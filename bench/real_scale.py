@@ -61,13 +61,14 @@ class Width:
     num_frames: int  # N
     train_steps: int
     predict_steps: int  # every step runs all three guidance branches (the preset guides at every step)
+    distill_steps: int
     # --set overrides of the svd-bridge preset beyond the folders (the tiny width's DQFormer sizes)
     sets: tuple[str, ...] = ()
     episodes: int = 4
 
 
-FULL = Width("full", 256, 16, train_steps=3, predict_steps=1)
-TINY = Width("tiny", 32, 4, train_steps=3, predict_steps=2, episodes=3, sets=(
+FULL = Width("full", 256, 16, train_steps=3, predict_steps=1, distill_steps=2)
+TINY = Width("tiny", 32, 4, train_steps=3, predict_steps=2, distill_steps=2, episodes=3, sets=(
     "model.aid.height=32", "model.aid.width=32", "model.aid.num_frames=4", "model.aid.num_states=2",
     "model.aid.text_max_length=16", "model.aid.dqformer.width=32", "model.aid.dqformer.text_dim=32",
     "model.aid.dqformer.vision_dim=32", "model.aid.dqformer.heads=2", "model.aid.dqformer.tokens_per_frame=4"))
@@ -492,6 +493,18 @@ def rehearse(root: Path, out: Path, width: Width, timeout: float, device: str = 
         stage("eval-bf16", _foresight("eval", "--model", str(model), "--episodes-dir", str(tree), "--episodes", "2",
                                       "--variants", "aid", "--steps", "1", "--dtype", "bf16", *on,
                                       "--json", str(out / "eval.json")))
+        # the trained model distilled into a one-branch student (a UNet LoRA), which then predicts
+        distilled = out / "run-distill"
+        if "distill" not in skip:
+            shutil.rmtree(distilled, ignore_errors=True)
+        distill = stage("distill", _foresight("train", "svd-bridge-turbo", "--out", str(distilled), *base,
+                                              "--set", f"model.init={model}", "--set",
+                                              f"optim.steps={width.distill_steps}"))
+        if distill.ok:
+            stage("predict-distilled-bf16", _foresight(
+                "predict", "--model", str(distilled / "model"), "--frames", str(context), "--instruction",
+                "push the red block to the left", "--steps", str(width.predict_steps), "--dtype", "bf16", *on,
+                "--out", str(out / "predict-distilled-bf16.gif")))
     states = stage("states-vlm", _foresight("states", str(tree), "--vlm", str(vlm), "--out", str(out / "states.json"),
                                             "--num-states", "2" if width.name == "tiny" else "4", *on))
     if states.ok:
