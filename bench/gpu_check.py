@@ -19,7 +19,8 @@ without an NVIDIA GPU it says so and exits 0 at once. Stages (STAGES):
              torch.compile, interleaved
   unet_step  one guided UNet step (3 branches) of the real SVD architecture with AID's adapters at
              256x256, 16 frames, random weights built from config, bf16; with its FLOP count and
-             the TFLOP/s it reached
+             the TFLOP/s it reached; beside it a one-clip call, and from the two the distilled
+             svd-bridge-turbo's UNet time per request against svd-bridge's (bench.distilled_scale)
 
 The GPU stages were written without a GPU to run them on (see docs/GPU.md).
 """
@@ -155,6 +156,8 @@ def summary(result: dict | None) -> str:
             parts.append(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}")
     for name, timing in (result.get("timings") or {}).items():
         parts.append(f"{name} {timing['median_s']:.3f}s")
+    if "distilled" in result:
+        parts.append(f"distilled/teacher UNet {result['distilled']['ratio']:.3f}x")
     return ", ".join(parts)
 
 
@@ -380,27 +383,6 @@ def stage_timing(workdir: Path) -> dict:
             "timings": {name: t.to_dict() for name, t in timings.items()}}
 
 
-def real_unet_step_inputs(device: str, batch: int = 3, frames: int = 16, size: int = 256):
-    """The real config's UNet (SVD's defaults + AID adapters) and one guided step's inputs, bf16."""
-    import torch
-    from diffusers import UNetSpatioTemporalConditionModel
-
-    from foresight.config import AIDConfig
-    from foresight.models.unet import AdaptedUNet
-
-    config = AIDConfig(height=size, width=size, num_frames=frames)
-    dtype = torch.bfloat16
-    with torch.device(device):
-        unet = AdaptedUNet(UNetSpatioTemporalConditionModel().to(dtype), config.adapters).eval()
-        tokens = 1 + config.dqformer.condition_tokens(config.text_max_length)  # image token ; ME ; DE_i
-        g = torch.Generator(device).manual_seed(0)
-        inputs = (torch.randn(batch, frames, 8, size // 8, size // 8, generator=g, dtype=dtype),
-                  torch.zeros(batch, dtype=dtype),
-                  torch.randn(batch * frames, tokens, unet.config.cross_attention_dim, generator=g, dtype=dtype),
-                  torch.tensor([[6.0, 127.0, 0.02]] * batch, dtype=dtype))
-    return unet, inputs
-
-
 def count_flops(fn: Callable[[], object]) -> int:
     """FLOPs torch's counter sees in one call of fn (matmuls, convolutions, attention)."""
     import torch
@@ -414,15 +396,17 @@ def count_flops(fn: Callable[[], object]) -> int:
 def stage_unet_step() -> dict:
     import torch
 
-    from bench.core import measure
+    from bench.distilled_scale import per_request, real_unet_step_inputs, time_calls
 
     unet, inputs = real_unet_step_inputs("cuda")
-    with torch.no_grad():
-        timing = measure(lambda: unet(*inputs), runs=5, warmup=2, label="UNet step", sync=torch.cuda.synchronize)
+    timings = time_calls(unet, inputs, runs=5, sync=torch.cuda.synchronize)
+    timing = timings[3]
     flops = count_flops(lambda: unet(*inputs))
     return {"ok": True, "gpu": torch.cuda.get_device_name(), "batch": 3, "frames": 16, "size": 256,
             "median_s": timing.median, "min_s": timing.min, "tflop": flops / 1e12,
-            "tflop_per_s": flops / 1e12 / timing.median, "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30}
+            "tflop_per_s": flops / 1e12 / timing.median, "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30,
+            # the svd-bridge-turbo student's UNet time per request against its svd-bridge teacher's
+            "distilled": per_request(timings[1].median, timing.median)}
 
 
 if __name__ == "__main__":
