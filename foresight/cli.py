@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -358,10 +359,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# what a user's input causes: a missing model folder, file or preset, a bad value or config key
+USER_ERRORS = (FileNotFoundError, NotADirectoryError, ValueError)
+
+
 def main(argv: list[str] | None = None) -> None:
+    """Run one command. A user's error is one line on stderr and exit status 2, as argparse's own;
+    with -v its traceback instead."""
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    args.func(args)
+    try:
+        args.func(args)
+    except USER_ERRORS as exc:
+        if args.verbose:
+            raise
+        print(f"foresight {args.command}: error: {exc} (-v shows where)", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -143,7 +143,9 @@ def read_model_dir(path: str | Path) -> FolderSpec:
     path = Path(path)
     config_file = path / "aid_config.json"
     if not config_file.is_file():
-        raise FileNotFoundError(f"{path} is not an AID model folder: no aid_config.json")
+        hint = (f" (a training config names the embedded model as '{{weights}}/{path.name}')"
+                if path.name in EMBEDDED and not path.exists() else "")
+        raise FileNotFoundError(f"{path} is not an AID model folder: no aid_config.json{hint}")
     folder_config = json.loads(config_file.read_text())
     if folder_config.get("format") != FORMAT_VERSION:
         raise ValueError(f"{config_file}: format {folder_config.get('format')!r}, this version reads {FORMAT_VERSION}")

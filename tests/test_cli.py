@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from foresight.cli import main
 from sim_bridge.common.imaging import read_image, write_png
@@ -27,3 +28,21 @@ def test_params_prints_the_budget(capsys):
     main(["params", "--json"])
     counts = json.loads(capsys.readouterr().out)
     assert counts["trainable_share"] <= 0.03 and counts["unet"] > 1e9
+
+
+def test_a_users_error_is_one_line_and_exit_status_2(tmp_path, capsys):
+    frame = np.zeros((64, 64, 3), np.uint8)
+    write_png(tmp_path / "ctx.png", frame)
+    for argv, message in (
+        (["predict", "--model", str(tmp_path / "none"), "--frames", str(tmp_path / "ctx.png"), "--instruction", "x"],
+         "foresight predict: error: " + str(tmp_path / "none") + " is not an AID model folder"),
+        (["train", "tiny-turbo", "--out", str(tmp_path / "run"), "--set", "optim.stepz=3"],
+         "foresight train: error: unknown config keys in optim: ['stepz']"),
+    ):
+        with pytest.raises(SystemExit) as exit:
+            main(argv)
+        assert exit.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith(message) and "Traceback" not in "\n".join(err)
+    with pytest.raises(ValueError, match="unknown config keys"):  # -v: the exception itself
+        main(["-v", "train", "tiny-turbo", "--out", str(tmp_path / "run"), "--set", "optim.stepz=3"])
