@@ -58,6 +58,9 @@ class TimedBackend:
     def vae_decoder(self, latents):
         return self._timed("vae_decoder", self.inner.vae_decoder, latents)
 
+    def vae_encoder(self, frames):
+        return self._timed("vae_encoder", self.inner.vae_encoder, frames)
+
     def dqformer(self, *args, num_frames=None):
         return self._timed("dqformer", self.inner.dqformer, *args, num_frames=num_frames)
 
@@ -67,7 +70,7 @@ class TimedBackend:
 
 def request_split(loaded: LoadedModel, engine: Backend, frames: np.ndarray, text: list[str], steps: int,
                   runs: int, sync=None) -> dict:
-    """Mean seconds per in-process request on `engine`, by part: unet, vae_decoder, dqformer, rest;
+    """Mean seconds per in-process request on `engine`, by part: unet, vae_decoder, vae_encoder, dqformer, rest;
     PyTorch on the threads a node gives it beside that engine (foresight.pipeline.load_pipeline)."""
     threads, beside = torch.get_num_threads(), torch_threads_beside(engine.name, loaded.model.device)
     timed = TimedBackend(engine, sync)

@@ -310,7 +310,8 @@ def stage_engines(workdir: Path) -> dict:
     shapes = graph_shapes(model, cfg.height, cfg.width)
     frames_max = cfg.num_frames
     torch_run = reference_runners(model)  # the fp32 model, where build_engines compared against its own reference
-    for graph, cases in (("unet", [(3, frames_max)]), ("vae_decoder", [(1, frames_max)]), ("dqformer", [(3, frames_max)])):
+    for graph, cases in (("unet", [(3, frames_max)]), ("vae_decoder", [(1, frames_max)]),
+                         ("vae_encoder", [(1, cfg.context_frames)]), ("dqformer", [(3, frames_max)])):
         stored = reference_cases(torch_run[graph], graph, shapes, cases, device, 1)
         result = check(backend_runner(trt, graph), stored, graph, manifest["graphs"][graph]["precision"], device, 1,
                        "pytorch")

@@ -1,4 +1,4 @@
-"""The backend interface: what the pipeline calls instead of the PyTorch UNet, VAE decoder and DQFormer.
+"""The backend interface: what the pipeline calls instead of the PyTorch UNet, VAE encoder and decoder, and DQFormer.
 
 Graph input/output names live here because they are the contract between the exporter (which
 writes graphs with these names) and the backends (which feed them); the exporter imports them
@@ -17,9 +17,12 @@ DQFORMER_INPUTS = ("t1", "t1_mask", "t2", "t2_mask", "v")
 DQFORMER_OUTPUTS = ("conditions",)
 VAE_DECODER_INPUTS = ("latents",)
 VAE_DECODER_OUTPUTS = ("frames",)
+VAE_ENCODER_INPUTS = ("frames",)
+VAE_ENCODER_OUTPUTS = ("latents",)
 GRAPH_IO = {
     "unet": (UNET_INPUTS, UNET_OUTPUTS),
     "vae_decoder": (VAE_DECODER_INPUTS, VAE_DECODER_OUTPUTS),
+    "vae_encoder": (VAE_ENCODER_INPUTS, VAE_ENCODER_OUTPUTS),
     "dqformer": (DQFORMER_INPUTS, DQFORMER_OUTPUTS),
 }
 
@@ -29,7 +32,7 @@ class EngineRefused(RuntimeError):
 
 
 class Backend(Protocol):
-    """Runs the three exported parts of AID. Inputs and outputs are torch tensors on the model's device."""
+    """Runs the exported parts of AID. Inputs and outputs are torch tensors on the model's device."""
 
     name: str
 
@@ -57,6 +60,10 @@ class Backend(Protocol):
 
     def vae_decoder(self, latents: torch.Tensor) -> torch.Tensor:
         """Unscaled latents (B, F, 4, h, w) -> frames (B, F, 3, H, W), unclamped (`AIDModel.vae_decode`)."""
+        ...
+
+    def vae_encoder(self, frames: torch.Tensor) -> torch.Tensor:
+        """Frames (B, K, 3, H, W) -> the VAE's unscaled latent mode (B, K, 4, h, w) (`AIDModel.vae_encode`)."""
         ...
 
     def describe(self) -> dict:

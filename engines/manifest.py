@@ -21,7 +21,7 @@ from foresight.engines.base import EngineRefused
 from torch import nn
 
 MANIFEST_NAME = "manifest.json"
-FORMAT_VERSION = 3  # 2: adds the VAE-decoder graph; 3: it decodes with the end latents repeated
+FORMAT_VERSION = 4  # 2: adds the VAE-decoder graph; 3: it decodes with the end latents repeated; 4: the VAE encoder
 # versions a graph depends on: the code it was traced from, and for engines the runtime itself
 CODE_LIBRARIES = ("foresight", "diffusers")
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
@@ -69,7 +69,8 @@ def weights_sha256(module: nn.Module, precision: str) -> str:
 def graph_modules(model: nn.Module) -> dict[str, nn.Module]:
     """The exported parts of an AIDModel, by graph name (a text-free base has no DQFormer; the
     VAE-decoder graph is the frame decoder where the model has one)."""
-    parts = {"unet": model.unet, "vae_decoder": model.vae if model.decoder is None else model.decoder}
+    parts = {"unet": model.unet, "vae_decoder": model.vae if model.decoder is None else model.decoder,
+             "vae_encoder": model.vae}
     return parts | ({} if model.dqformer is None else {"dqformer": model.dqformer})
 
 
@@ -125,7 +126,7 @@ def check_graph(
     model: nn.Module,
     fingerprints: dict[tuple[str, str], str],
 ) -> dict:
-    """Return the manifest entry of `graph` ("unet" | "vae_decoder" | "dqformer") as `kind` ("onnx" | "tensorrt")
+    """Return the manifest entry of `graph` (a `graph_modules` name) as `kind` ("onnx" | "tensorrt")
     if it may run with `model`; raise EngineRefused with the reason otherwise.
 
     fingerprints caches weights_sha256 per (graph, precision) across calls: hashing a real SVD

@@ -152,7 +152,7 @@ class _Graph:
 
 
 class OnnxRuntimeBackend:
-    """The UNet, VAE-decoder and DQFormer graphs of an engine folder, run by ONNX Runtime.
+    """The UNet, VAE-decoder, VAE-encoder and DQFormer graphs of an engine folder, run by ONNX Runtime.
 
     num_frames: N, the frame count the DQFormer graph always produces (its DE queries).
     """
@@ -207,6 +207,13 @@ class OnnxRuntimeBackend:
         channels, factor = decoder.output_dims[2], decoder.output_dims[3] // h
         shape = (b, f, channels, h * factor, w * factor)
         return decoder(dict(latents=latents), shape, latents.dtype).to(latents.device)
+
+    def vae_encoder(self, frames: torch.Tensor) -> torch.Tensor:
+        encoder = self._graph("vae_encoder")
+        b, k, _, h, w = frames.shape
+        channels, factor = encoder.output_dims[2], h // encoder.output_dims[3]
+        shape = (b, k, channels, h // factor, w // factor)
+        return encoder(dict(frames=frames), shape, frames.dtype).to(frames.device)
 
     def dqformer(self, t1, t1_mask, t2, t2_mask, v, num_frames: int | None = None) -> torch.Tensor:
         dqformer = self._graph("dqformer")

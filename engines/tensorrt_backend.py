@@ -108,7 +108,7 @@ class _Engine:
 
 
 class TensorRTBackend:
-    """The UNet, VAE-decoder and DQFormer engines of an engine folder.
+    """The UNet, VAE-decoder, VAE-encoder and DQFormer engines of an engine folder.
 
     num_frames: N, the frame count the DQFormer engine always produces. cuda_graph: replay
     captured CUDA graphs (pays off for the UNet at fixed request shapes).
@@ -148,6 +148,9 @@ class TensorRTBackend:
 
     def vae_decoder(self, latents: torch.Tensor) -> torch.Tensor:
         return self._engine("vae_decoder")(dict(latents=latents)).to(latents.dtype)
+
+    def vae_encoder(self, frames: torch.Tensor) -> torch.Tensor:
+        return self._engine("vae_encoder")(dict(frames=frames)).to(frames.dtype)
 
     def dqformer(self, t1, t1_mask, t2, t2_mask, v, num_frames: int | None = None) -> torch.Tensor:
         out = self._engine("dqformer")(dict(t1=t1, t1_mask=t1_mask, t2=t2, t2_mask=t2_mask, v=v)).to(t1.dtype)

@@ -15,6 +15,7 @@ class TorchBackend:
         self._unet = torch.compile(model.unet) if compile else model.unet
         self._dqformer = model.dqformer
         self._vae_decode = model.vae_decode
+        self._vae_encode = model.vae_encode
         self.compiled = compile
 
     def unet(
@@ -28,6 +29,9 @@ class TorchBackend:
 
     def vae_decoder(self, latents: torch.Tensor) -> torch.Tensor:
         return self._vae_decode(latents)
+
+    def vae_encoder(self, frames: torch.Tensor) -> torch.Tensor:
+        return self._vae_encode(frames)
 
     def dqformer(self, t1, t1_mask, t2, t2_mask, v, num_frames: int | None = None) -> torch.Tensor:
         if self._dqformer is None:

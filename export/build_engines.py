@@ -1,4 +1,4 @@
-"""Export AID's UNet, VAE decoder and DQFormer to ONNX, check them, build TensorRT engines where possible.
+"""Export AID's UNet, VAE decoder, VAE encoder and DQFormer to ONNX, check them, build TensorRT engines where possible.
 
     python -m foresight.export.build_engines --model tiny-random --out engines/tiny-random
     python -m foresight.export.build_engines --model /models/aid --out /models/aid/engines --precision fp16 --max-batch 4
@@ -24,8 +24,10 @@ boolean-masked attention in fp16 (LayerNormalization bound to float and float16)
 
 The VAE decoder is exported because it decodes every predicted frame once per request: on the
 tiny model on a CPU that is about a tenth of a request, and ONNX Runtime runs it in half the time
-of PyTorch. The VAE encoder and the vision and text encoders see only the K context frames and
-the instruction, so they stay in PyTorch.
+of PyTorch. The VAE encoder (K context frames per request, kept fp32) is exported as well: beside
+ONNX Runtime's workers PyTorch encoded the tiny model's context frame in about 6 ms, ONNX Runtime
+in about 1.5. The vision encoder (one frame) and the text encoder (cached per instruction) stay
+in PyTorch.
 """
 
 from __future__ import annotations
@@ -130,6 +132,9 @@ def _profiles(shapes: GraphShapes, frames: tuple[int, int], decoder_frames: tupl
             "latents": tuple((b, f, s.latent_channels, s.latent_height, s.latent_width)
                              for b, f in zip((1, 1, max_batch), dec)),
         },
+        "vae_encoder": {  # the K context frames of each hypothesis, once for all guidance branches
+            "frames": tuple((b, s.context_frames, 3, s.height, s.width) for b in (1, 1, max_batch)),
+        },
         "dqformer": {
             "t1": per(lambda b, f: (b, s.text_tokens, s.text_dim)),
             "t1_mask": per(lambda b, f: (b, s.text_tokens)),
@@ -144,12 +149,13 @@ def reference_runners(reference: nn.Module) -> dict[str, Runner]:
     """graph -> callable(inputs dict) running that part of the PyTorch model."""
     dq = DQFormerGraph(reference.dqformer) if reference.dqformer is not None else None
     return {"unet": lambda x: reference.unet(**x), "vae_decoder": lambda x: reference.vae_decode(**x),
-            "dqformer": lambda x: dq(**x)}
+            "vae_encoder": lambda x: reference.vae_encode(**x), "dqformer": lambda x: dq(**x)}
 
 
 def backend_runner(backend, graph: str) -> Runner:
     """A runtime backend's callable for one graph."""
     return {"unet": lambda x: backend.unet(**x), "vae_decoder": lambda x: backend.vae_decoder(**x),
+            "vae_encoder": lambda x: backend.vae_encoder(**x),
             "dqformer": lambda x: backend.dqformer(**x)}[graph]
 
 
@@ -160,7 +166,9 @@ def check_shapes(config: BuildConfig, plan: Plan, num_frames: int) -> dict[str, 
     fewest, most = plan.frames
     big = 3 * config.max_batch
     unet = [(1, fewest), (2, most)] + ([(big, most)] if plan.device.type == "cuda" and big > 2 else [])
+    context = plan.shapes.context_frames
     return {"unet": unet, "vae_decoder": [(1, plan.decoder_frames[0]), (config.max_batch, plan.decoder_frames[1])],
+            "vae_encoder": [(1, context), (config.max_batch, context)],
             "dqformer": [(1, num_frames), (big, num_frames)]}
 
 
@@ -215,7 +223,7 @@ def plan_build(config: BuildConfig, reference: nn.Module, device: torch.device) 
         frames=(cfg.context_frames + 1, frames_max),
         decoder_frames=(1 if reference.decoder is not None else cfg.context_frames + 1, frames_max),
         shapes=graph_shapes(reference, height, width),
-        precisions={"unet": config.precision, "vae_decoder": config.precision, "dqformer": "fp32"},
+        precisions={"unet": config.precision, "vae_decoder": config.precision, "vae_encoder": "fp32", "dqformer": "fp32"},
         attention=attention,
         trt_missing=trt_missing,
     )
@@ -229,7 +237,8 @@ def export_onnx(config: BuildConfig, plan: Plan, reference: nn.Module) -> dict[s
         path = Path(config.out) / f"{graph}.onnx"
         # traced at the fewest frames: frames are a dynamic axis, the check runs both ends, and the
         # trace's forward pass costs 8x less at 16 frames
-        files[graph] = export_graph(graph, reference, plan.shapes, plan.frames[0], path, config.opset, plan.attention)
+        frames = plan.shapes.context_frames if graph == "vae_encoder" else plan.frames[0]
+        files[graph] = export_graph(graph, reference, plan.shapes, frames, path, config.opset, plan.attention)
         logger.info("  %s -> %s", graph, ", ".join(p.name for p in files[graph]))
     return files
 

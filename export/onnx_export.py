@@ -1,4 +1,4 @@
-"""ONNX export of AID's UNet, VAE decoder and DQFormer through thin wrappers with fixed I/O names.
+"""ONNX export of AID's UNet, VAE decoder, VAE encoder and DQFormer through thin wrappers with fixed I/O names.
 
 The TorchScript exporter (`dynamo=False`) traces the adapter hooks like any other code. Batch
 and frame axes are dynamic; the spatial size and token counts are fixed by the model config.
@@ -170,14 +170,30 @@ class VaeDecoderGraph(nn.Module):
         return self.decode(latents)
 
 
+class VaeEncoderGraph(nn.Module):
+    """`AIDModel.vae_encode`: (B, K) context frames -> the VAE's unscaled latent mode."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.vae = model.vae
+        self.encode = model.vae_encode
+
+    def forward(self, frames) -> torch.Tensor:
+        return self.encode(frames)
+
+
 @dataclass(frozen=True)
 class GraphShapes:
     """Fixed sizes of the exported graphs; batch and frames stay dynamic.
 
+    height, width: the frames'; context_frames: K, the frames the VAE encoder sees per clip;
     latent_channels: the VAE's; context_tokens: L of the UNet's per-frame context; text_tokens,
     state_tokens, vision_tokens: the DQFormer's input lengths.
     """
 
+    height: int
+    width: int
+    context_frames: int
     in_channels: int
     latent_channels: int
     latent_height: int
@@ -200,6 +216,9 @@ def graph_shapes(model: nn.Module, height: int, width: int) -> GraphShapes:
         t1 = torch.zeros(1, 0, 0) if model.dqformer is None else model.text([""])[0]
     d = cfg.dqformer
     return GraphShapes(
+        height=height,
+        width=width,
+        context_frames=cfg.context_frames,
         in_channels=model.unet.config.in_channels,
         latent_channels=model.vae.config.latent_channels,
         latent_height=height // factor,
@@ -224,6 +243,10 @@ def random_inputs(
 
     if graph == "vae_decoder":  # unscaled latents: about unit variance over the scaling factor
         return dict(latents=randn(batch, frames, shapes.latent_channels, shapes.latent_height, shapes.latent_width) * 1.2)
+
+    if graph == "vae_encoder":  # frames in [-1, 1] plus SVD's noise augmentation
+        pixels = torch.rand(batch, frames, 3, shapes.height, shapes.width, generator=generator) * 2 - 1
+        return dict(frames=(pixels + 0.02 * torch.randn(pixels.shape, generator=generator)).to(device, dtype))
 
     if graph == "unet":
         s = shapes
@@ -284,8 +307,8 @@ def export_graph(
     graph: str, model: nn.Module, shapes: GraphShapes, frames: int, path: Path, opset: int = 17,
     attention: str = "onnx",
 ) -> list[Path]:
-    """Export "unet" (model.unet), "vae_decoder" (model.vae_decode) or "dqformer" (model.dqformer)
-    of an AIDModel to `path`; `attention` (ATTENTION_FORMS) is the UNet's attention form.
+    """Export "unet" (model.unet), "vae_decoder" (model.vae_decode), "vae_encoder" (model.vae_encode)
+    or "dqformer" (model.dqformer) of an AIDModel to `path`; `attention` (ATTENTION_FORMS) is the UNet's attention form.
 
     Traced at batch 2 (batch 1 could be specialised away by the tracer). Returns the files written.
     """
@@ -299,8 +322,8 @@ def export_graph(
         axes = {"sample": {0: "batch", 1: "frames"}, "timestep": {0: "batch"},
                 "encoder_hidden_states": {0: "batch_frames"}, "added_time_ids": {0: "batch"},
                 outputs[0]: {0: "batch", 1: "frames"}}
-    elif graph == "vae_decoder":
-        module = VaeDecoderGraph(model)
+    elif graph in ("vae_decoder", "vae_encoder"):
+        module = VaeDecoderGraph(model) if graph == "vae_decoder" else VaeEncoderGraph(model)
         axes = {names[0]: {0: "batch", 1: "frames"}, outputs[0]: {0: "batch", 1: "frames"}}
     else:
         module = DQFormerGraph(model.dqformer)

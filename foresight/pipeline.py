@@ -163,11 +163,12 @@ class ForesightPipeline:
         # condition alone at unit scales (a distilled model's sampler)
         states = [self.decomposer(s, frames[i, 0]) for i, s in enumerate(instructions)]
         args = (frames_to_tensor(frames), instructions, states, num_frames, torch.stack(aug_noise))
+        runtime = dict(dqformer=self.backend.dqformer, vae_encoder=self.backend.vae_encoder)
         if one_branch(sampler.guidance_frame, sampler.guidance_text):
-            full = model.conditions(*args, dqformer=self.backend.dqformer)
+            full = model.conditions(*args, **runtime)
             guided = functools.partial(self.denoiser, cond=full)
         else:
-            cond = model.guidance_conditions(*args, dqformer=self.backend.dqformer)
+            cond = model.guidance_conditions(*args, **runtime)
             guided = TwoScaleGuidance(self.denoiser, cond, sampler.guidance_frame, sampler.guidance_text,
                                       sampler.guidance_interval)
         # 3. sample from sigma_max down to 0: float64 schedule, float32 state, the model's dtype inside

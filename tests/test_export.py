@@ -77,6 +77,7 @@ def test_build_writes_checked_graphs_and_manifest(built):
         assert "tensorrt" not in entry
     assert manifest["graphs"]["unet"]["inputs"]["sample"]["shape"][:2] == ["batch", "frames"]
     assert manifest["graphs"]["vae_decoder"]["outputs"]["frames"]["shape"] == ["batch", "frames", 3, 64, 64]
+    assert manifest["graphs"]["vae_encoder"]["outputs"]["latents"]["shape"] == ["batch", "frames", 4, 16, 16]
 
 
 def test_fp16_build_writes_fp16_unet_and_vae_decoder_graphs(tmp_path):
@@ -84,7 +85,8 @@ def test_fp16_build_writes_fp16_unet_and_vae_decoder_graphs(tmp_path):
     with contextlib.redirect_stdout(io.StringIO()):
         manifest = main(["--model", "tiny-random", "--out", str(tmp_path), "--precision", "fp16"])
     graphs = manifest["graphs"]
-    assert {g: e["precision"] for g, e in graphs.items()} == {"unet": "fp16", "vae_decoder": "fp16", "dqformer": "fp32"}
+    assert {g: e["precision"] for g, e in graphs.items()} == {"unet": "fp16", "vae_decoder": "fp16",
+                                                               "vae_encoder": "fp32", "dqformer": "fp32"}
     assert graphs["vae_decoder"]["inputs"]["latents"]["dtype"] == "float16"
     for entry in graphs.values():
         assert entry["onnx"]["usable"] and entry["onnx"]["check"]["max_rel"] < 3e-2

@@ -153,13 +153,24 @@ class AIDModel(nn.Module):
         z = self.vae.encode(frames.flatten(0, 1).to(self.dtype)).latent_dist.mode()
         return (z * self.vae.config.scaling_factor).unflatten(0, frames.shape[:2])
 
+    def vae_encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """Frames (B, K, 3, H, W) -> the VAE's unscaled latent mode (B, K, 4, h, w): the VAE-encoder graph."""
+        return self.vae.encode(frames.flatten(0, 1).to(self.dtype)).latent_dist.mode().unflatten(0, frames.shape[:2])
+
     @torch.no_grad()
-    def encode_context(self, context_frames: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """SVD's condition latents: noise-augmented frames (B, K, 3, H, W), unscaled VAE mode."""
+    def encode_context(
+        self,
+        context_frames: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        vae_encoder: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """SVD's condition latents: noise-augmented frames (B, K, 3, H, W), unscaled VAE mode.
+
+        vae_encoder replaces `self.vae_encode` (an engine backend's VAE-encoder graph)."""
         frames = context_frames.to(self.device, torch.float32)
         if noise is not None:
             frames = frames + self.config.noise_aug_strength * noise.to(frames)
-        return self.vae.encode(frames.flatten(0, 1).to(self.dtype)).latent_dist.mode().unflatten(0, frames.shape[:2])
+        return (vae_encoder or self.vae_encode)(frames.to(self.dtype))
 
     def vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Unscaled latents (B, F, 4, h, w) -> frames (B, F, 3, H, W), unclamped: the VAE-decoder graph.
@@ -237,6 +248,7 @@ class AIDModel(nn.Module):
         context_latents: torch.Tensor | None = None,
         dqformer: Callable[..., torch.Tensor] | None = None,
         image_features: tuple[torch.Tensor, torch.Tensor] | None = None,
+        vae_encoder: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> Conditions:
         """Build the UNet's conditions for B clips.
 
@@ -248,7 +260,7 @@ class AIDModel(nn.Module):
         (training precomputes them once); `noise` is then unused.
         dqformer: a runtime backend's DQFormer (same signature); defaults to the module.
         image_features: the vision encoder's (features, image token) of the first context frames,
-        already computed.
+        already computed. vae_encoder: a runtime backend's VAE encoder (`encode_context`).
         """
         cfg = self.config
         frames = cfg.num_frames if num_frames is None else num_frames
@@ -257,7 +269,7 @@ class AIDModel(nn.Module):
         context_frames = context_frames.to(dev, torch.float32)
         # 1. context latents in the condition channels of the first K frames, the rest masked
         if context_latents is None:
-            context_latents = self.encode_context(context_frames, noise)
+            context_latents = self.encode_context(context_frames, noise, vae_encoder)
         z = context_latents.to(dev, dtype)
         cond = torch.zeros(b, frames, *z.shape[2:], device=dev, dtype=dtype)
         cond[:, :k] = z
@@ -292,6 +304,7 @@ class AIDModel(nn.Module):
         num_frames: int | None = None,
         noise: torch.Tensor | None = None,
         dqformer: Callable[..., torch.Tensor] | None = None,
+        vae_encoder: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> Conditions:
         """Conditions for the three guidance branches of B clips, stacked as
         [unconditional ; frames only ; frames + text] (3B clips), built in one batched pass.
@@ -301,7 +314,7 @@ class AIDModel(nn.Module):
         b = context_frames.shape[0]
         flags = torch.arange(3 * b) // b  # 0, 1, 2 = branch index
         frames = context_frames.to(self.device, torch.float32)
-        latents = self.encode_context(frames, noise)
+        latents = self.encode_context(frames, noise, vae_encoder)
         v, image_token = self.vision(frames[:, 0])
         return self.conditions(
             frames.repeat(3, 1, 1, 1, 1),
