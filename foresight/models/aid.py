@@ -150,11 +150,10 @@ class AIDModel(nn.Module):
     @torch.no_grad()
     def encode_latents(self, frames: torch.Tensor) -> torch.Tensor:
         """frames (B, F, 3, H, W) in [-1, 1] -> scaled latents (B, F, 4, h, w), the diffusion space."""
-        z = self.vae.encode(frames.flatten(0, 1).to(self.dtype)).latent_dist.mode()
-        return (z * self.vae.config.scaling_factor).unflatten(0, frames.shape[:2])
+        return self.vae_encode(frames) * self.vae.config.scaling_factor
 
     def vae_encode(self, frames: torch.Tensor) -> torch.Tensor:
-        """Frames (B, K, 3, H, W) -> the VAE's unscaled latent mode (B, K, 4, h, w): the VAE-encoder graph."""
+        """Frames (B, F, 3, H, W) -> the VAE's unscaled latent mode (B, F, 4, h, w): the VAE-encoder graph."""
         return self.vae.encode(frames.flatten(0, 1).to(self.dtype)).latent_dist.mode().unflatten(0, frames.shape[:2])
 
     @torch.no_grad()
