@@ -8,7 +8,7 @@ the UNet included: that is what a planner waits for. Each row names the VAE deco
 decodes with (a frame decoder, `AIDConfig.decoder`, would speed the teacher alike).
 
 Then where each one's time goes, in process on the same engines: the UNet graph, the VAE-decoder
-graph, the DQFormer graph and the rest (encoders, sampler, resizing). The parts both models pay
+and VAE-encoder graphs, the DQFormer graph and the rest (vision and text encoders, sampler, resizing). The parts both models pay
 alike bound the ratio to the teacher from below, whatever the student's step count.
 """
 

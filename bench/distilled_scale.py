@@ -18,21 +18,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 from dataclasses import asdict
 
 import torch
 
+from bench.backends import sync_for
 from bench.core import Timing, measure_side_by_side
 from foresight.config import AIDConfig, SamplerSettings
 from foresight.diffusion.sampling import SOLVERS, in_guidance_interval, one_branch, sampling_sigmas
+from foresight.loading import SVD_SIGMAS
 from foresight.training.config import load_jobs
 from sim_bridge.common.logs import setup_logging
 
-log = logging.getLogger("bench.distilled_scale")
-
 TEACHER, STUDENT = "svd-bridge", "svd-bridge-turbo"
-SVD_SIGMAS = (0.002, 700.0)  # (sigma_min, sigma_max) of SVD's scheduler config
 
 
 def real_unet_step_inputs(device: str, batch: int = 3, frames: int = 16, size: int = 256):
@@ -99,7 +97,7 @@ def per_request(one_clip_s: float, three_clips_s: float, teacher: str = TEACHER,
 def unet_ratio(device: str = "cpu", runs: int = 2, teacher: str = TEACHER, student: str = STUDENT) -> dict:
     """Time the real UNet's calls on `device`, then `per_request` for the two presets."""
     unet, inputs = real_unet_step_inputs(device, batch=3)
-    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else None
+    sync = sync_for(device)
     timings = time_calls(unet, inputs, runs, sync)
     shape = {"size": inputs[0].shape[-1] * 8, "frames": inputs[0].shape[1], "dtype": "bf16"}
     return {"device": torch.cuda.get_device_name() if sync else "cpu", "shape": shape,

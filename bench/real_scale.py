@@ -121,7 +121,7 @@ def make_svd(folder: Path, width: Width) -> None:
     from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, UNetSpatioTemporalConditionModel
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from foresight.loading import SVDComponents, TinySVDConfig, build_tiny_svd
+    from foresight.loading import SVD_SIGMAS, SVDComponents, TinySVDConfig, build_tiny_svd
     from foresight.params import SVD_IMAGE_ENCODER, SVD_VAE
 
     if width.name == "tiny":
@@ -134,8 +134,9 @@ def make_svd(folder: Path, width: Width) -> None:
             image_encoder=CLIPVisionModelWithProjection(CLIPVisionConfig(**SVD_IMAGE_ENCODER)),
             feature_extractor=CLIPImageProcessor(size={"shortest_edge": 224},
                                                  crop_size={"height": 224, "width": 224}),
-            scheduler=EulerDiscreteScheduler(prediction_type="v_prediction", use_karras_sigmas=True, sigma_min=0.002,
-                                             sigma_max=700.0, timestep_type="continuous", interpolation_type="linear"),
+            scheduler=EulerDiscreteScheduler(prediction_type="v_prediction", use_karras_sigmas=True,
+                                             sigma_min=SVD_SIGMAS[0], sigma_max=SVD_SIGMAS[1],
+                                             timestep_type="continuous", interpolation_type="linear"),
         )
         for part in (svd.unet, svd.vae, svd.image_encoder):
             part.to(torch.bfloat16)

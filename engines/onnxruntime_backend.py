@@ -210,9 +210,7 @@ class OnnxRuntimeBackend:
 
     def vae_encoder(self, frames: torch.Tensor) -> torch.Tensor:
         encoder = self._graph("vae_encoder")
-        b, k, _, h, w = frames.shape
-        channels, factor = encoder.output_dims[2], h // encoder.output_dims[3]
-        shape = (b, k, channels, h // factor, w // factor)
+        shape = (*frames.shape[:2], *encoder.output_dims[2:])  # the latent size is fixed by the export
         return encoder(dict(frames=frames), shape, frames.dtype).to(frames.device)
 
     def dqformer(self, t1, t1_mask, t2, t2_mask, v, num_frames: int | None = None) -> torch.Tensor:

@@ -110,6 +110,9 @@ def load_svd(path: str | Path, dtype: torch.dtype = torch.float32) -> SVDCompone
     )
 
 
+SVD_SIGMAS = (0.002, 700.0)  # (sigma_min, sigma_max) of SVD's scheduler config
+
+
 @dataclass(frozen=True)
 class TinySVDConfig:
     """Sizes of a small SVD-architecture model (same classes as the real one).
@@ -130,7 +133,7 @@ class TinySVDConfig:
     image_encoder_layers: int = 1
     image_size: int = 32
     patch_size: int = 8
-    sigma_max: float = 700.0
+    sigma_max: float = SVD_SIGMAS[1]
 
 
 def build_tiny_svd(config: TinySVDConfig = TinySVDConfig(), seed: int = 0) -> SVDComponents:
@@ -174,7 +177,7 @@ def build_tiny_svd(config: TinySVDConfig = TinySVDConfig(), seed: int = 0) -> SV
     scheduler = EulerDiscreteScheduler(
         prediction_type="v_prediction",
         use_karras_sigmas=True,
-        sigma_min=0.002,
+        sigma_min=SVD_SIGMAS[0],
         sigma_max=config.sigma_max,
         timestep_type="continuous",
         interpolation_type="linear",
